@@ -1,0 +1,88 @@
+"""The command line every lesson shares, and one-line errors with exit status 2 for bad input."""
+
+import argparse
+import inspect
+import pathlib
+import sys
+
+from common.data import DATASETS
+from common.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def nonnegative_int(text):
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def nonnegative_float(text):
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def positive_float(text):
+    return _number(text, float, lambda v: v > 0, "a positive number")
+
+
+def existing_file(text):
+    path = pathlib.Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def base_parser(script_path, description, epochs, batch_size):
+    """The flags every lesson shares; a script adds its own with `add_argument`."""
+    script_path = pathlib.Path(script_path)
+    parser = Parser(prog=script_path.name, description=description,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    shared = parser.add_argument_group("shared by every lesson")
+    shared.add_argument("--epochs", type=positive_int, default=epochs,
+                        help="passes over the training set")
+    shared.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help="examples per gradient step")
+    shared.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed for weights, shuffling, binarization and sampling")
+    shared.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="which dataset to train on")
+    shared.add_argument("--data", type=existing_file, metavar="PATH",
+                        help="a local Keras-format .npz (x_train, y_train, x_test, y_test) "
+                             "instead of the cache, download or offline sample")
+    shared.add_argument("--limit", type=positive_int, metavar="N",
+                        help="train on the first N training examples only")
+    shared.add_argument("--out", type=pathlib.Path, default=script_path.resolve().parent,
+                        metavar="DIR",
+                        help="write DIR/figures, DIR/results and DIR/models")
+    return parser
+
+
+def run(main, argv=None):
+    """Run `main(argv)`; report bad input in one line with exit status 2, never a traceback."""
+    prog = pathlib.Path(inspect.getfile(main)).name
+    try:
+        main(argv)
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to resume from the last "
+              "finished epoch", file=sys.stderr)
+        sys.exit(130)
+
+
+def _number(text, kind, valid, what):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value

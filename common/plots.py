@@ -1,0 +1,129 @@
+"""Figures with one look across the suite: latent scatters, manifold grids, image rows and grids.
+
+Every function takes the images or a `decode` callable (latent points -> images in [0, 1]) and a
+path, draws one figure and saves it atomically (a half-written PNG never replaces a good one).
+"""
+
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")  # draw to files; no screen needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common.outputs import atomic_path  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "savefig.bbox": "tight",
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "font.size": 9,
+    "image.cmap": "gray",
+}
+
+
+def gaussian_quantiles(n, low=0.05, high=0.95):
+    """n points spaced evenly in probability under N(0, 1): dense where the prior is dense."""
+    normal = statistics.NormalDist()
+    return np.array([normal.inv_cdf(p) for p in np.linspace(low, high, n)], np.float32)
+
+
+def tile(images, rows, cols, gap=1):
+    """Arrange `rows * cols` images (N, H, W[, 1]) into one 2-D mosaic with `gap` pixels between."""
+    images = np.asarray(images).reshape(rows, cols, *np.shape(images)[1:3])
+    h, w = images.shape[2:]
+    mosaic = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = images[r, c]
+    return mosaic
+
+
+def plot_latent_scatter(z, labels, path, title, class_names, axis_names=("z[0]", "z[1]")):
+    """Scatter of 2-D latent codes coloured by class, with a labelled colour bar."""
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 6))
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5,
+                            s=6, alpha=0.8, linewidths=0)
+        bar = fig.colorbar(points, ax=ax, ticks=range(10))
+        bar.ax.set_yticklabels(class_names)
+        bar.set_label("class")
+        ax.set(title=title, xlabel=axis_names[0], ylabel=axis_names[1])
+        ax.grid(alpha=0.3)
+        _save(fig, path)
+
+
+def plot_manifold(decode, path, title, n=20):
+    """Decode an n x n grid of 2-D latent points at Gaussian quantiles, in one batch, and tile it.
+
+    Row r, column c shows z = (q[c], q[n - 1 - r]), so z[1] grows upwards as on a plot.
+    """
+    values = gaussian_quantiles(n)
+    z0, z1 = np.meshgrid(values, values[::-1])
+    grid = np.stack([z0.ravel(), z1.ravel()], axis=1)
+    images = decode(grid)  # one call for all n * n points
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 8))
+        ax.imshow(tile(images, n, n, gap=0), vmin=0, vmax=1)
+        step = images.shape[1]
+        ticks = np.arange(n) * step + step / 2 - 0.5
+        shown = slice(None, None, max(1, n // 5))
+        ax.set_xticks(ticks[shown], [f"{v:.2f}" for v in values[shown]])
+        ax.set_yticks(ticks[shown], [f"{v:.2f}" for v in values[::-1][shown]])
+        ax.set(title=title, xlabel="z[0]", ylabel="z[1]")
+        _save(fig, path)
+
+
+def plot_latent_traversals(decode, dims, latent_dim, path, title, n=11, center=None):
+    """One row per latent dimension in `dims`: that dimension swept over Gaussian quantiles,
+    the others held at `center` (the prior mean by default); every image decoded in one batch."""
+    values = gaussian_quantiles(n, 0.02, 0.98)
+    center = np.zeros(latent_dim, np.float32) if center is None else center
+    z = np.tile(center, (len(dims), n, 1))
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = values
+    images = decode(z.reshape(-1, latent_dim))
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(n * 0.7, len(dims) * 0.75 + 0.8))
+        ax.imshow(tile(images, len(dims), n), vmin=0, vmax=1)
+        step = images.shape[1] + 1
+        ax.set_yticks(np.arange(len(dims)) * step + step / 2 - 1, [f"z[{d}]" for d in dims])
+        shown = [0, n // 2, n - 1]
+        ax.set_xticks(np.array(shown) * step + step / 2 - 1, [f"{values[i]:+.1f}" for i in shown])
+        ax.set(title=title, xlabel="value of the swept dimension (others at 0)")
+        _save(fig, path)
+
+
+def plot_image_rows(rows, row_labels, path, title):
+    """Rows of images of the same length, e.g. originals above their reconstructions."""
+    cols = len(rows[0])
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(cols * 0.6, len(rows) * 0.65 + 0.6))
+        ax.imshow(tile(np.concatenate(rows), len(rows), cols), vmin=0, vmax=1)
+        step = np.shape(rows[0])[1] + 1
+        ax.set_yticks(np.arange(len(rows)) * step + step / 2 - 1, row_labels)
+        ax.set_xticks([])
+        ax.set_title(title)
+        _save(fig, path)
+
+
+def plot_image_grid(images, path, title, cols=10):
+    """A grid of images, e.g. samples from a generative model."""
+    rows = len(images) // cols
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(cols * 0.6, rows * 0.6 + 0.5))
+        ax.imshow(tile(images[:rows * cols], rows, cols), vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(title)
+        _save(fig, path)
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

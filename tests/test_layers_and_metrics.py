@@ -1,0 +1,124 @@
+"""The math: closed-form KL, the Sampling layer, the Bernoulli loss, the ELBO and IWAE bounds."""
+
+import math
+
+import common  # noqa: F401 - registers the custom objects
+import keras
+import numpy as np
+import pytest
+
+from common.layers import Sampling
+from common.layers import kl_divergence
+from common.losses import bernoulli_nll
+from common.metrics import active_units
+from common.metrics import evaluate_elbo
+from common.metrics import kl_to_standard_normal
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(3, 4))
+    log_var = rng.normal(scale=0.7, size=(3, 4))
+    # KL(q || p) = E_q[log q(z) - log p(z)], estimated with 400,000 draws per example.
+    eps = rng.standard_normal((400_000, 3, 4))
+    z = mu + np.exp(0.5 * log_var) * eps
+    log_q = -0.5 * (eps**2 + log_var + math.log(2 * math.pi))
+    log_p = -0.5 * (z**2 + math.log(2 * math.pi))
+    monte_carlo = (log_q - log_p).sum(axis=-1).mean(axis=0)
+    closed_numpy = kl_to_standard_normal(mu, log_var)
+    closed_keras = keras.ops.convert_to_numpy(kl_divergence(mu.astype("float32"),
+                                                            log_var.astype("float32")))
+    np.testing.assert_allclose(closed_numpy, monte_carlo, atol=0.02)
+    np.testing.assert_allclose(closed_keras, closed_numpy, rtol=1e-5)
+
+
+def test_kl_is_zero_only_at_the_prior():
+    assert kl_to_standard_normal(np.zeros((1, 3)), np.zeros((1, 3)))[0] == 0.0
+    assert kl_to_standard_normal(np.full((1, 3), 0.1), np.zeros((1, 3)))[0] > 0.0
+
+
+def test_sampling_draws_have_the_posterior_mean_and_variance():
+    mu = np.array([1.5, -2.0, 0.0], np.float32)
+    log_var = np.array([0.0, np.log(0.25), np.log(4.0)], np.float32)
+    n = 50_000
+    layer = Sampling(seed=1)
+    z = keras.ops.convert_to_numpy(layer([np.tile(mu, (n, 1)), np.tile(log_var, (n, 1))]))
+    standard_error = np.sqrt(np.exp(log_var) / n)
+    assert np.all(np.abs(z.mean(axis=0) - mu) < 5 * standard_error)
+    np.testing.assert_allclose(z.var(axis=0), np.exp(log_var), rtol=0.03)
+
+
+def test_sampling_adds_beta_times_the_batch_mean_kl():
+    mu = np.array([[0.5, -1.0], [0.0, 2.0]], np.float32)
+    log_var = np.array([[0.0, -1.0], [1.0, 0.5]], np.float32)
+    layer = Sampling(beta=4.0, seed=0)
+    layer([mu, log_var])
+    expected = 4.0 * kl_to_standard_normal(mu, log_var).mean()
+    assert len(layer.losses) == 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.losses[0]), expected, rtol=1e-5)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    inputs = [np.zeros((5, 3), np.float32), np.zeros((5, 3), np.float32)]
+    first = keras.ops.convert_to_numpy(Sampling(seed=7)(inputs))
+    again = keras.ops.convert_to_numpy(Sampling(seed=7)(inputs))
+    other = keras.ops.convert_to_numpy(Sampling(seed=8)(inputs))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_sampling_config_round_trip():
+    layer = Sampling(beta=2.5, seed=3, name="sampling")
+    clone = Sampling.from_config(layer.get_config())
+    assert (clone.beta, clone.seed, clone.name) == (2.5, 3, "sampling")
+
+
+def test_bernoulli_nll_is_summed_over_pixels_from_logits():
+    x = np.array([[[1.0, 0.0], [1.0, 1.0]]], np.float32)[..., None]   # (1, 2, 2, 1)
+    logits = np.array([[[2.0, -1.0], [0.0, 30.0]]], np.float32)[..., None]
+    # -log Bernoulli(x; sigmoid(l)) = softplus(l) - x * l, per pixel
+    by_hand = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))
+               + math.log(2.0) + math.log1p(math.exp(-30.0)))
+    value = keras.ops.convert_to_numpy(bernoulli_nll(x, logits))
+    assert value.shape == (1,)
+    np.testing.assert_allclose(value[0], by_hand, rtol=1e-5)
+
+
+def test_elbo_of_a_known_tiny_case():
+    # One example, two pixels x = (1, 0); q(z|x) = N(0.5, 0.8); a decoder that ignores z and
+    # always returns logits (ln 3, 0), i.e. p(x_1 = 1) = 3/4 and p(x_2 = 1) = 1/2.
+    x = np.array([[1.0, 0.0]])
+    z_mean = np.array([[0.5]])
+    # (q's variance must exceed half the prior's, or the weights p(z)/q(z) have infinite variance
+    # and the IWAE estimate below converges too slowly to test.)
+    z_log_var = np.log(np.array([[0.8]]))
+    logits = np.array([math.log(3.0), 0.0])
+
+    def decode(z, rows):
+        return np.tile(logits, (len(z), 1))
+
+    scores = evaluate_elbo(x, z_mean, z_log_var, decode, samples=20_000, seed=0)
+    reconstruction = -(math.log(3 / 4) + math.log(1 / 2))
+    kl = -0.5 * (1 + math.log(0.8) - 0.5**2 - 0.8)
+    assert scores["reconstruction"] == pytest.approx(reconstruction, rel=1e-9)
+    assert scores["kl"] == pytest.approx(kl, rel=1e-9)
+    assert scores["neg_elbo"] == pytest.approx(reconstruction + kl, rel=1e-9)
+    # p(x|z) does not depend on z, so log p(x) = log p(x|z) exactly, and the IWAE bound
+    # converges to it: the KL gap disappears as the number of samples grows.
+    assert scores["nll_iwae"] == pytest.approx(reconstruction, abs=0.02)
+
+
+def test_iwae_bound_is_tighter_than_the_elbo():
+    rng = np.random.default_rng(1)
+    x = (rng.random((20, 6)) < 0.5).astype(float)
+    weights = rng.normal(size=(2, 6))
+    z_mean, z_log_var = rng.normal(size=(20, 2)), rng.normal(scale=0.3, size=(20, 2))
+    scores = evaluate_elbo(x, z_mean, z_log_var, lambda z, rows: z @ weights, samples=50)
+    assert scores["nll_iwae"] < scores["neg_elbo"]
+
+
+def test_active_units_counts_dimensions_whose_mean_varies():
+    rng = np.random.default_rng(0)
+    z_mean = np.stack([rng.normal(size=1000), 0.05 * rng.normal(size=1000),
+                       np.full(1000, 3.0)], axis=1)   # variances 1, 0.0025, 0
+    assert active_units(z_mean) == 1
