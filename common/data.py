@@ -258,21 +258,23 @@ def autoencoder_datasets(data, batch_size, binarization, seed):
         x_test = binarize(x_test, seed + 1)
     if binarization == "static":
         x_train = binarize(x_train, seed)
-    images = tf.data.Dataset.from_tensor_slices(x_train)
-    train = images.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+    train = (tf.data.Dataset.from_tensor_slices(x_train)
+             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size))
     if binarization == "dynamic":
-        # Stateful random ops in a map restart with the same seed on every epoch, so each image
-        # is paired with a seed from Dataset.random, which draws new seeds every epoch.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        train = tf.data.Dataset.zip(train, seeds.batch(2)).map(
-            _bernoulli_draw, num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.batch(batch_size).map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+        # One vectorised draw per batch. Stateful random ops inside a map restart with the same
+        # seed every epoch, so each batch is paired with a seed from Dataset.random, which draws
+        # new seeds every epoch (and the same ones in a rerun with the same --seed).
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        train = tf.data.Dataset.zip(train, seeds).map(_bernoulli_draw,
+                                                      num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
     test = tf.data.Dataset.from_tensor_slices(x_test).batch(batch_size).map(lambda x: (x, x))
     return train, test.prefetch(tf.data.AUTOTUNE), x_test
 
 
-def _bernoulli_draw(image, seed_pair):
+def _bernoulli_draw(images, seed_pair):
     import tensorflow as tf
 
-    noise = tf.random.stateless_uniform(tf.shape(image), seed=seed_pair)
-    return tf.cast(noise < image, tf.float32)
+    noise = tf.random.stateless_uniform(tf.shape(images), seed=seed_pair)
+    return tf.cast(noise < images, tf.float32)

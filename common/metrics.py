@@ -14,16 +14,11 @@ decoder p(x|z), one importance weight per sample z_i ~ q(z|x) is
 import math
 
 import numpy as np
+from keras import ops
+
+from common.losses import bernoulli_nll
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def bernoulli_log_likelihood(x, logits):
-    """log p(x | logits) summed over pixels, x and logits of shape (..., pixels).
-
-    log Bernoulli(x; sigmoid(l)) = x * l - softplus(l), computed from the logits without clipping.
-    """
-    return np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1)
 
 
 def kl_to_standard_normal(z_mean, z_log_var):
@@ -41,18 +36,21 @@ def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chun
     """
     rng = np.random.default_rng(seed)
     n, d = z_mean.shape
-    x = x.reshape(n, -1).astype(np.float64)
+    x = x.reshape(n, -1).astype(np.float32)
     reconstruction = np.empty(n)
     log_marginal = np.empty(n)
     for start in range(0, n, chunk):
         rows = np.arange(start, min(start + chunk, n))
-        mu = z_mean[rows, None, :]                          # (c, 1, d)
-        log_var = z_log_var[rows, None, :]
+        mu = z_mean[rows, None, :].astype(np.float64)       # (c, 1, d)
+        log_var = z_log_var[rows, None, :].astype(np.float64)
         eps = rng.standard_normal((len(rows), samples, d))  # (c, k, d)
         z = mu + np.exp(0.5 * log_var) * eps
-        logits = decode_logits(z.reshape(-1, d).astype(np.float32), np.repeat(rows, samples))
-        logits = np.asarray(logits, np.float64).reshape(len(rows), samples, -1)
-        log_px_z = bernoulli_log_likelihood(x[rows, None, :], logits)    # (c, k)
+        repeated = np.repeat(rows, samples)                 # the example behind each z
+        logits = decode_logits(z.reshape(-1, d).astype(np.float32), repeated)
+        # log p(x | z), summed over pixels from the logits (the training loss, negated)
+        logits = ops.cast(ops.reshape(logits, (len(repeated), -1)), "float32")
+        nll = bernoulli_nll(x[repeated], logits)
+        log_px_z = -ops.convert_to_numpy(nll).astype(np.float64).reshape(len(rows), samples)
         log_pz = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
         log_qz_x = -0.5 * np.sum(eps**2 + log_var + LOG_2PI, axis=-1)
         log_w = log_px_z + log_pz - log_qz_x

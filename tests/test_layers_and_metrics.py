@@ -100,9 +100,9 @@ def test_elbo_of_a_known_tiny_case():
     scores = evaluate_elbo(x, z_mean, z_log_var, decode, samples=20_000, seed=0)
     reconstruction = -(math.log(3 / 4) + math.log(1 / 2))
     kl = -0.5 * (1 + math.log(0.8) - 0.5**2 - 0.8)
-    assert scores["reconstruction"] == pytest.approx(reconstruction, rel=1e-9)
+    assert scores["reconstruction"] == pytest.approx(reconstruction, rel=1e-6)  # float32
     assert scores["kl"] == pytest.approx(kl, rel=1e-9)
-    assert scores["neg_elbo"] == pytest.approx(reconstruction + kl, rel=1e-9)
+    assert scores["neg_elbo"] == pytest.approx(reconstruction + kl, rel=1e-6)
     # p(x|z) does not depend on z, so log p(x) = log p(x|z) exactly, and the IWAE bound
     # converges to it: the KL gap disappears as the number of samples grows.
     assert scores["nll_iwae"] == pytest.approx(reconstruction, abs=0.02)
