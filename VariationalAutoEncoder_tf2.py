@@ -17,7 +17,7 @@ estimate of -log p(x)), saves the models and draws the latent space.
 How to run it
 -------------
     python VariationalAutoEncoder_tf2.py                     # MLP, 2-D latent space
-    python VariationalAutoEncoder_tf2.py --arch conv --latent-dim 16 --epochs 30
+    python VariationalAutoEncoder_tf2.py --arch conv --latent-dim 16 --epochs 20
     python VariationalAutoEncoder_tf2.py --beta 4            # a beta-VAE
     python VariationalAutoEncoder_tf2.py --help              # every flag
 
@@ -27,7 +27,6 @@ the same command again to resume from the last finished epoch.
 """
 
 import pathlib
-import sys
 import time
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
@@ -66,7 +65,7 @@ MAX_SCATTER_POINTS = 5000
 
 
 def parse_args(argv=None):
-    parser = base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=128)
+    parser = base_parser(__file__, __doc__.split("\n\n")[0], epochs=50, batch_size=128)
     model = parser.add_argument_group("this lesson")
     model.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                        help="dense (784-512-latent) or convolutional encoder and decoder")
@@ -262,8 +261,7 @@ def print_summary(results):
     print(f"  -log p(x), IWAE k={results['iwae_samples']:<4d} {results['test_nll_iwae_nats']:8.2f}")
     print(f"  active units            {results['active_units']:5d} of {results['latent_dim']}")
     print(f"  training                {results['train_seconds']:8.1f} s "
-          f"({results['seconds_per_epoch']:.2f} s per epoch, {results['train_examples']:,} images)",
-          file=sys.stdout)
+          f"({results['seconds_per_epoch']:.2f} s per epoch, {results['train_examples']:,} images)")
 
 
 if __name__ == "__main__":

