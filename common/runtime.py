@@ -49,8 +49,10 @@ def setup_runtime(seed):
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # the GPU was already initialised (e.g. a second call in one process)
-    # One call seeds Python's `random`, NumPy and TensorFlow's global generator.
+    # One call seeds Python's `random`, NumPy and TensorFlow's global generator; deterministic
+    # kernels make a rerun with the same seed give the same numbers, not just similar ones.
     keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
     if GPUS:
         names = ", ".join(_gpu_name(gpu) for gpu in GPUS)
         device = f"GPU ({names})"

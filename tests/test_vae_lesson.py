@@ -144,3 +144,15 @@ def test_end_to_end_tiny_run(vae_lesson, small_mnist_npz, tmp_path):
     untrained = evaluate_elbo(x_test, z_mean, z_log_var,
                               lambda z, rows: fresh_decoder.predict(z, verbose=0), samples=10)
     assert results["test_neg_elbo_nats"] < untrained["neg_elbo"] - 100
+
+
+def test_same_seed_same_numbers(vae_lesson, small_mnist_npz, tmp_path):
+    def tiny_run(out, seed):
+        run(vae_lesson.main, ["--data", str(small_mnist_npz), "--out", str(out), "--seed", seed,
+                              "--epochs", "1", "--limit", "256", "--iwae-samples", "5"])
+        results = json.loads((out / "results" / "VariationalAutoEncoder_tf2.json").read_text())
+        return {k: v for k, v in results.items() if "seconds" not in k}
+
+    first = tiny_run(tmp_path / "a", "3")
+    assert tiny_run(tmp_path / "b", "3") == first
+    assert tiny_run(tmp_path / "c", "4")["test_neg_elbo_nats"] != first["test_neg_elbo_nats"]
