@@ -39,6 +39,7 @@ from sklearn.decomposition import PCA
 from common import plots
 from common.cli import base_parser
 from common.cli import nonnegative_float
+from common.cli import positive_float
 from common.cli import positive_int
 from common.cli import run
 from common.data import BINARIZATIONS
@@ -75,13 +76,64 @@ def parse_args(argv=None):
                        help="weight of the KL term; beta > 1 is the beta-VAE")
     model.add_argument("--binarize", choices=BINARIZATIONS, default="dynamic",
                        help="how grey pixels become Bernoulli targets")
-    model.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's step size")
+    model.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                       help="Adam's step size")
     model.add_argument("--iwae-samples", type=positive_int, default=100,
                        help="importance samples k for the test -log p(x) estimate")
     return parser.parse_args(argv)
 
 
-# -- Encoder: q(z | x) = N(z_mean(x), diag(exp(z_log_var(x)))) --------------------------------
+def main(argv=None):
+    args = parse_args(argv)
+    paths = prepare_outputs(args.out)  # fail now, not after training, if DIR is not writable
+    setup_runtime(args.seed)
+
+    data, train_ds, test_ds, x_test = load_data(args)
+    encoder = build_encoder(args.arch, args.latent_dim)
+    decoder = build_decoder(args.arch, args.latent_dim)
+    encoder.summary()
+    decoder.summary()
+    vae = build_vae(encoder, decoder, args.beta, args.seed)
+    compile_vae(vae, args.learning_rate)
+    history, timer, train_seconds = train(vae, train_ds, test_ds, args, paths)
+
+    results = evaluate(encoder, decoder, x_test, args)
+    results.update({
+        "dataset": args.dataset,
+        "data_source": data.source,
+        "train_examples": len(data.x_train),
+        "test_examples": len(data.x_test),
+        "arch": args.arch,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "latent_dim": args.latent_dim,
+        "beta": args.beta,
+        "binarize": args.binarize,
+        "final_train_loss_nats": float(history.history["loss"][-1]),
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": float(np.median(timer.seconds)) if timer.seconds else 0.0,
+    })
+    write_results(paths.results / f"{SCRIPT_NAME}.json", results)
+    for name, model in (("vae", vae), ("vae_encoder", encoder), ("vae_decoder", decoder)):
+        save_model(model, paths.models / f"{name}.keras")
+    draw_figures(encoder, decoder, data, x_test, args, paths.figures)
+    print_summary(results)
+
+
+# -- Data ----------------------------------------------------------------------------------------
+# MNIST digits as float32 images in [0, 1]. The decoder below is a Bernoulli distribution over
+# pixels, so by default each training image is binarized afresh every epoch (a pixel is 1 with
+# probability equal to its grey level) and the test images are binarized once, with a seed.
+
+def load_data(args):
+    data = load_dataset(args.dataset, args.data, args.limit)
+    train_ds, test_ds, x_test = autoencoder_datasets(data, args.batch_size, args.binarize,
+                                                     args.seed)
+    return data, train_ds, test_ds, x_test
+
+
+# -- Encoder: q(z | x) = N(z_mean(x), diag(exp(z_log_var(x)))) ---------------------------------
 # The encoder outputs the mean and the log-variance of a diagonal Gaussian over z. Predicting
 # log sigma^2 rather than sigma keeps the variance positive without a constraint.
 
@@ -102,7 +154,20 @@ def build_encoder(arch, latent_dim):
     return keras.Model(images, [z_mean, z_log_var], name="encoder")
 
 
-# -- Decoder: p(x | z) = prod_pixels Bernoulli(x_i; sigmoid(logit_i(z))) ----------------------
+# -- Sampling: the VAE is encoder -> Sampling -> decoder -----------------------------------------
+# The Sampling layer (common/layers.py) draws z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I):
+# the reparameterisation trick, which makes the randomness an input so that gradients flow to
+# mu and log_var. It also adds the KL term to the model's loss with `add_loss`:
+#   beta * KL(q(z|x) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j))
+
+def build_vae(encoder, decoder, beta, seed):
+    images = keras.Input(shape=IMAGE_SHAPE, name="image")
+    z_mean, z_log_var = encoder(images)
+    z = Sampling(beta=beta, seed=seed, name="sampling")([z_mean, z_log_var])
+    return keras.Model(images, decoder(z), name="vae")
+
+
+# -- Decoder: p(x | z) = prod_pixels Bernoulli(x_i; sigmoid(logit_i(z))) ------------------------
 # The decoder returns logits, not probabilities: the loss is computed from them directly, and a
 # sigmoid turns them into the grey images we draw.
 
@@ -122,99 +187,63 @@ def build_decoder(arch, latent_dim):
     return keras.Model(z, logits, name="decoder")
 
 
-# -- The VAE: encoder -> Sampling (adds beta * KL) -> decoder ---------------------------------
-# Sampling draws z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I) (the reparameterisation trick:
-# the randomness is an input, so gradients flow to mu and log_var), and adds
-#   beta * KL(q(z|x) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j))
-# to the loss with `add_loss`. See common/layers.py.
+# -- Loss ----------------------------------------------------------------------------------------
+# Negative ELBO per example = -log p(x | z) + beta * KL. The first term is the Bernoulli negative
+# log-likelihood from logits, summed over the 784 pixels (common/losses.py); the second is added
+# by the Sampling layer. Both are in nats; Keras averages them over the batch.
 
-def build_vae(encoder, decoder, beta, seed):
-    images = keras.Input(shape=IMAGE_SHAPE, name="image")
-    z_mean, z_log_var = encoder(images)
-    z = Sampling(beta=beta, seed=seed, name="sampling")([z_mean, z_log_var])
-    return keras.Model(images, decoder(z), name="vae")
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    paths = prepare_outputs(args.out)  # fail now, not after training, if DIR is not writable
-    setup_runtime(args.seed)
-
-    # -- Data ----------------------------------------------------------------------------------
-    data = load_dataset(args.dataset, args.data, args.limit)
-    train_ds, test_ds, x_test = autoencoder_datasets(data, args.batch_size, args.binarize,
-                                                     args.seed)
-
-    # -- Model ---------------------------------------------------------------------------------
-    encoder = build_encoder(args.arch, args.latent_dim)
-    decoder = build_decoder(args.arch, args.latent_dim)
-    encoder.summary()
-    decoder.summary()
-    vae = build_vae(encoder, decoder, args.beta, args.seed)
-
-    # -- Loss ----------------------------------------------------------------------------------
-    # Negative ELBO per example = -log p(x | z) + beta * KL. The first term is the Bernoulli
-    # negative log-likelihood from logits, summed over the 784 pixels (common/losses.py); the
-    # second is added by the Sampling layer. Both are in nats. Keras averages over the batch.
+def compile_vae(vae, learning_rate):
     vae.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=bernoulli_nll,
         metrics=[keras.metrics.MeanMetricWrapper(bernoulli_nll, name="reconstruction_loss")],
     )
 
-    # -- Training ------------------------------------------------------------------------------
-    # The test split is the validation set: the history shows loss = reconstruction + beta * KL,
-    # reconstruction_loss and kl_loss, each also as val_... on held-out digits.
+
+# -- Training ------------------------------------------------------------------------------------
+# The test split is the validation set: the history shows loss = reconstruction + beta * KL,
+# reconstruction_loss and kl_loss, each also as val_... on held-out digits. A checkpoint after
+# every epoch lets an interrupted run resume.
+
+def train(vae, train_ds, test_ds, args, paths):
     timer = EpochTimer()
-    settings = {k: v for k, v in vars(args).items() if k not in ("epochs", "out")}
-    checkpoint = resumable_checkpoint(paths.checkpoints, SCRIPT_NAME,
-                                      {k: str(v) for k, v in settings.items()})
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("epochs", "out")}
+    checkpoint = resumable_checkpoint(paths.checkpoints, SCRIPT_NAME, settings)
     start = time.perf_counter()
     history = vae.fit(train_ds, validation_data=test_ds, epochs=args.epochs,
                       shuffle=False,  # the pipeline already reshuffles every epoch
                       callbacks=[checkpoint, timer], verbose=2)
-    train_seconds = time.perf_counter() - start
+    return history, timer, time.perf_counter() - start
 
-    # -- Evaluation on the test split ----------------------------------------------------------
+
+# -- Evaluation on the test split ----------------------------------------------------------------
+# The negative ELBO (reconstruction averaged over k samples from q, plus the closed-form KL) and
+# the k-sample importance-weighted bound on -log p(x) (common/metrics.py), in nats per image.
+
+def evaluate(encoder, decoder, x_test, args):
     z_mean, z_log_var = encoder.predict(x_test, batch_size=1024, verbose=0)
-
-    def decode_logits(z, rows=None):
-        # A direct call: the metric already hands over one chunk of 10,000 points at a time.
-        return decoder(z, training=False)
-
-    scores = evaluate_elbo(x_test, z_mean, z_log_var, decode_logits,
+    scores = evaluate_elbo(x_test, z_mean, z_log_var, lambda z, rows: decoder(z),
                            samples=args.iwae_samples, seed=args.seed)
-    results = {
-        "dataset": args.dataset,
-        "data_source": data.source,
-        "train_examples": len(data.x_train),
-        "test_examples": len(data.x_test),
-        "arch": args.arch,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "latent_dim": args.latent_dim,
-        "beta": args.beta,
-        "binarize": args.binarize,
+    return {
         "test_neg_elbo_nats": scores["neg_elbo"],
         "test_reconstruction_nats": scores["reconstruction"],
         "test_kl_nats": scores["kl"],
         "test_nll_iwae_nats": scores["nll_iwae"],
         "iwae_samples": args.iwae_samples,
         "active_units": active_units(z_mean),
-        "final_train_loss_nats": float(history.history["loss"][-1]),
-        "train_seconds": train_seconds,
-        "seconds_per_epoch": float(np.median(timer.seconds)) if timer.seconds else 0.0,
     }
-    write_results(paths.results / f"{SCRIPT_NAME}.json", results)
-    for name, model in (("vae", vae), ("vae_encoder", encoder), ("vae_decoder", decoder)):
-        save_model(model, paths.models / f"{name}.keras")
 
-    # -- Figures (all from the test split) -------------------------------------------------------
-    def decode_images(z):
-        return ops.convert_to_numpy(ops.sigmoid(decode_logits(z)))  # Bernoulli means
 
+# -- Figures (all from the test split) -----------------------------------------------------------
+
+def draw_figures(encoder, decoder, data, x_test, args, folder):
+    def decode_images(z):  # one call for a whole batch of codes; Bernoulli means in [0, 1]
+        return ops.convert_to_numpy(ops.sigmoid(decoder(z)))
+
+    z_mean, _ = encoder.predict(x_test, batch_size=1024, verbose=0)
     title = f"{TITLES[args.dataset]} VAE ({args.arch}, latent {args.latent_dim}, beta {args.beta:g})"
+
+    # The latent space, coloured by label (for more than 2 dimensions, its first two PCs).
     shown = slice(0, MAX_SCATTER_POINTS)
     if args.latent_dim == 2:
         scatter, axes = z_mean[shown], ("z_mean[0]", "z_mean[1]")
@@ -224,32 +253,33 @@ def main(argv=None):
         axes = ("principal component 1", "principal component 2")
         scatter_title = (f"{title}\nfirst two principal components of z_mean, "
                          f"{len(scatter):,} test images")
-    plots.plot_latent_scatter(scatter, data.y_test[shown], paths.figures / "vae_latent_scatter.png",
+    plots.plot_latent_scatter(scatter, data.y_test[shown], folder / "vae_latent_scatter.png",
                               scatter_title, data.class_names, axes)
+
+    # The manifold: a grid over the 2-D latent space, or traversals of the busiest dimensions.
     if args.latent_dim == 2:
-        plots.plot_manifold(decode_images, paths.figures / "vae_manifold.png",
+        plots.plot_manifold(decode_images, folder / "vae_manifold.png",
                             f"{title}\ndecoded grid of z at Gaussian quantiles")
     else:
         most_active = np.argsort(np.var(z_mean, axis=0))[::-1][:min(8, args.latent_dim)]
         plots.plot_latent_traversals(decode_images, most_active, args.latent_dim,
-                                     paths.figures / "vae_manifold.png",
+                                     folder / "vae_manifold.png",
                                      f"{title}\ntraversals of the most active latent dimensions")
+
+    # Reconstructions of two test images per class, and samples from the prior.
     picked = examples_per_class(data.y_test, 2)
-    rows = [data.x_test[picked]]
-    labels = ["original"]
+    rows, labels = [data.x_test[picked]], ["original"]
     if args.binarize != "none":
         rows.append(x_test[picked])
         labels.append("binarized input")
     rows.append(decode_images(z_mean[picked]))
     labels.append("reconstruction")
-    plots.plot_image_rows(rows, labels, paths.figures / "vae_reconstructions.png",
+    plots.plot_image_rows(rows, labels, folder / "vae_reconstructions.png",
                           f"{title}\ntest images and their reconstructions (decoded z_mean)")
-    prior_samples = keras.random.normal((100, args.latent_dim), seed=args.seed)
-    plots.plot_image_grid(decode_images(ops.convert_to_numpy(prior_samples)),
-                          paths.figures / "vae_samples.png",
+    prior_samples = ops.convert_to_numpy(keras.random.normal((100, args.latent_dim),
+                                                             seed=args.seed))
+    plots.plot_image_grid(decode_images(prior_samples), folder / "vae_samples.png",
                           f"{title}\nsamples: z ~ N(0, I), Bernoulli means")
-
-    print_summary(results)
 
 
 def print_summary(results):

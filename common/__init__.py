@@ -11,5 +11,6 @@ reconstruction loss), so any saved model of the suite loads with::
 from common import runtime  # first: quiets TensorFlow's start-up logging before it is imported
 from common import layers
 from common import losses
+from common import regularizers
 
-__all__ = ["layers", "losses", "runtime"]
+__all__ = ["layers", "losses", "regularizers", "runtime"]
