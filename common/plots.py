@@ -55,7 +55,7 @@ def plot_latent_scatter(z, labels, path, title, class_names, axis_names=("z[0]",
         bar.set_label("class")
         ax.set(title=title, xlabel=axis_names[0], ylabel=axis_names[1])
         ax.grid(alpha=0.3)
-        _save(fig, path)
+        save_figure(fig, path)
 
 
 def plot_manifold(decode, path, title, n=20):
@@ -76,7 +76,7 @@ def plot_manifold(decode, path, title, n=20):
         ax.set_xticks(ticks[shown], [f"{v:.2f}" for v in values[shown]])
         ax.set_yticks(ticks[shown], [f"{v:.2f}" for v in values[::-1][shown]])
         ax.set(title=title, xlabel="z[0]", ylabel="z[1]")
-        _save(fig, path)
+        save_figure(fig, path)
 
 
 def plot_latent_traversals(decode, dims, latent_dim, path, title, n=11, center=None):
@@ -96,7 +96,7 @@ def plot_latent_traversals(decode, dims, latent_dim, path, title, n=11, center=N
         shown = [0, n // 2, n - 1]
         ax.set_xticks(np.array(shown) * step + step / 2 - 1, [f"{values[i]:+.1f}" for i in shown])
         ax.set(title=title, xlabel="value of the swept dimension (others at 0)")
-        _save(fig, path)
+        save_figure(fig, path)
 
 
 def plot_image_rows(rows, row_labels, path, title):
@@ -109,7 +109,7 @@ def plot_image_rows(rows, row_labels, path, title):
         ax.set_yticks(np.arange(len(rows)) * step + step / 2 - 1, row_labels)
         ax.set_xticks([])
         ax.set_title(title)
-        _save(fig, path)
+        save_figure(fig, path)
 
 
 def plot_image_grid(images, path, title, cols=10):
@@ -120,10 +120,11 @@ def plot_image_grid(images, path, title, cols=10):
         ax.imshow(tile(images[:rows * cols], rows, cols), vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title(title)
-        _save(fig, path)
+        save_figure(fig, path)
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write `fig` as a PNG to `path` (atomically: no half-written figure) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
