@@ -6,18 +6,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-LESSONS := VariationalAutoEncoder_tf2.py
 
-.PHONY: vae test figures clean
+.PHONY: vae dae cvae sparse contractive ae test figures clean
 
+# One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
 	$(PY) VariationalAutoEncoder_tf2.py
+
+dae: $(INSTALLED)
+	$(PY) StackedDenoisingAutoEncoder.py
+
+cvae: $(INSTALLED)
+	$(PY) ConditionalVAE.py
+
+sparse: $(INSTALLED)
+	$(PY) SparseAutoEncoder.py
+
+contractive: $(INSTALLED)
+	$(PY) ContractiveAutoEncoder.py
+
+# --sweep also trains the autoencoders at every code size, for the committed compression curve.
+ae: $(INSTALLED)
+	$(PY) AutoEncoder.py --sweep
 
 test: $(INSTALLED)
 	$(PY) -m pytest
 
-figures: $(INSTALLED)
-	for lesson in $(LESSONS); do $(PY) $$lesson || exit 1; done
+figures: vae dae cvae sparse contractive ae
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
