@@ -97,8 +97,7 @@ def main(argv=None):
     compile_vae(vae, args.learning_rate)
     history, timer, train_seconds = train(vae, train_ds, test_ds, args, paths)
 
-    results = evaluate(encoder, decoder, x_test, args)
-    results.update({
+    results = {
         "dataset": args.dataset,
         "data_source": data.source,
         "train_examples": len(data.x_train),
@@ -110,10 +109,11 @@ def main(argv=None):
         "latent_dim": args.latent_dim,
         "beta": args.beta,
         "binarize": args.binarize,
+        **evaluate(encoder, decoder, x_test, args),
         "final_train_loss_nats": float(history.history["loss"][-1]),
         "train_seconds": train_seconds,
         "seconds_per_epoch": float(np.median(timer.seconds)) if timer.seconds else 0.0,
-    })
+    }
     write_results(paths.results / f"{SCRIPT_NAME}.json", results)
     for name, model in (("vae", vae), ("vae_encoder", encoder), ("vae_decoder", decoder)):
         save_model(model, paths.models / f"{name}.keras")
