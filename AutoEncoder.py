@@ -532,7 +532,7 @@ def print_summary(results):
     print(f"  linear AE vs PCA subspace: largest principal angle "
           f"{results['linear_pca_subspace_angle_max_deg']:.1f} deg, "
           f"mean {results['linear_pca_subspace_angle_mean_deg']:.1f} deg")
-    print(f"  compression curve (test MSE per pixel): "
+    print("  compression curve (test MSE per pixel): "
           + "; ".join(f"{MODEL_TITLES[n]} " + ", ".join(f"{d}: {v:.4f}" for d, v in pts.items())
                       for n, pts in results["compression_curve"].items()))
     print(f"  total time              {results['total_seconds']:8.1f} s")

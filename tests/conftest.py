@@ -22,6 +22,35 @@ def import_lesson(name):
     return module
 
 
+def unwritable_folder(tmp_path):
+    """A path under a plain file, so no folder can be made there."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return str(blocker / "out")
+
+
+def assert_usage_error(main, script, argv, tmp_path, capsys, message):
+    """Run a lesson's main() as the command line does and check that it refuses `argv`.
+
+    It must exit with status 2 and one line on stderr, "<script>: error: ..." containing
+    `message`, and write no result, model or figure. None in `argv` stands for an unwritable
+    folder; without --out, the run writes under tmp_path.
+    """
+    from common.cli import run
+
+    argv = [unwritable_folder(tmp_path) if a is None else a for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stopped:
+        run(main, argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{script}: error:") and message in err[0], err[0]
+    written = [p for p in tmp_path.rglob("*") if p.suffix in (".json", ".keras", ".png")]
+    assert not written, written
+
+
 @pytest.fixture(scope="session")
 def vae_lesson():
     return import_lesson("VariationalAutoEncoder_tf2")

@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 
 from common.cli import run
 from common.data import load_dataset
+from conftest import assert_usage_error
 from conftest import import_lesson
 
 RESULT_KEYS = ["dataset", "data_source", "train_examples", "test_examples", "epochs",
@@ -28,12 +29,6 @@ def lesson():
     return import_lesson("AutoEncoder")
 
 
-def bad_out_dir(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    return str(blocker / "out")
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--code-dim", "0"], "--code-dim: must be a positive integer, got '0'"),
     (["--code-dim", "256"], "--code-dim: must be below 256"),
@@ -46,15 +41,7 @@ def bad_out_dir(tmp_path):
     (["--out", None], "cannot be written"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(lesson, tmp_path, capsys, argv, message):
-    argv = [bad_out_dir(tmp_path) if a is None else a for a in argv]
-    if "--out" not in argv:
-        argv += ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as stopped:
-        run(lesson.main, argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("AutoEncoder.py: error:") and message in err[0]
+    assert_usage_error(lesson.main, "AutoEncoder.py", argv, tmp_path, capsys, message)
 
 
 def test_more_code_units_than_images_stops_before_training(lesson, small_mnist_npz, tmp_path,

@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from common.cli import run
 from common.data import autoencoder_datasets
 from common.data import load_dataset
 from common.metrics import evaluate_elbo
 from conftest import ROOT
+from conftest import assert_usage_error
 from conftest import import_lesson
 
 SCRIPT = ROOT / "ConditionalVAE.py"
@@ -51,12 +51,6 @@ def tiny_run(small_mnist_npz, tmp_path_factory):
     return out, done.stdout
 
 
-def bad_out_dir(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    return str(blocker / "out")
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--latent-dim", "0"], "--latent-dim: must be a positive integer, got '0'"),
     (["--beta", "-1"], "--beta: must be a number >= 0, got '-1'"),
@@ -69,16 +63,7 @@ def bad_out_dir(tmp_path):
     (["--out", None], "cannot be written"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(cvae_lesson, tmp_path, capsys, argv, message):
-    argv = [bad_out_dir(tmp_path) if a is None else a for a in argv]
-    if "--out" not in argv:
-        argv += ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as stopped:
-        run(cvae_lesson.main, argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("ConditionalVAE.py: error:") and message in err[0]
-    assert not any(tmp_path.rglob("*.keras")) and not any(tmp_path.rglob("*.json"))
+    assert_usage_error(cvae_lesson.main, "ConditionalVAE.py", argv, tmp_path, capsys, message)
 
 
 def test_one_hot_labels_match_the_training_pipeline(cvae_lesson, small_data):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.cli import run
 from common.regularizers import ContractiveDense
 from common.regularizers import sigmoid_jacobian_norm_sq
 from conftest import ROOT
+from conftest import assert_usage_error
 from conftest import import_lesson
 
 SCRIPT = ROOT / "ContractiveAutoEncoder.py"
@@ -100,13 +100,7 @@ def test_small_noise_moves_the_code_by_the_jacobian(lesson):
     (["--learning-rate", "-1"], "--learning-rate: must be a positive number, got '-1'"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(lesson, tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as stopped:
-        run(lesson.main, argv + ["--out", str(tmp_path)])
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("ContractiveAutoEncoder.py: error:") and message in err[0]
-    assert not any(tmp_path.rglob("*.*"))
+    assert_usage_error(lesson.main, "ContractiveAutoEncoder.py", argv, tmp_path, capsys, message)
 
 
 def test_end_to_end_tiny_run(lesson, small_mnist_npz, tmp_path):

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from common.cli import run
 from common.noise import add_noise
 from conftest import ROOT
+from conftest import assert_usage_error
 from conftest import import_lesson
 
 SCRIPT = ROOT / "StackedDenoisingAutoEncoder.py"
@@ -81,12 +81,6 @@ def test_baseline_filters_each_image_alone_and_is_chosen_by_psnr(dae_lesson):
     assert dae_lesson.choose_baseline(digits, noisy)[0] == "median"
 
 
-def bad_out_dir(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    return str(blocker / "out")
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs: must be a positive integer, got '0'"),
     (["--batch-size", "many"], "--batch-size: must be a positive integer, got 'many'"),
@@ -101,15 +95,8 @@ def bad_out_dir(tmp_path):
     (["--out", None], "cannot be written"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(dae_lesson, tmp_path, capsys, argv, message):
-    argv = [bad_out_dir(tmp_path) if a is None else a for a in argv]
-    if "--out" not in argv:
-        argv += ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as stopped:
-        run(dae_lesson.main, argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("StackedDenoisingAutoEncoder.py: error:") and message in err[0]
+    assert_usage_error(dae_lesson.main, "StackedDenoisingAutoEncoder.py", argv, tmp_path, capsys,
+                       message)
 
 
 def test_end_to_end_tiny_run(dae_lesson, small_mnist_npz, tmp_path):

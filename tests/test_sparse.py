@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from common.cli import run
 from common.regularizers import KLSparsity
 from common.regularizers import L1Activity
 from common.regularizers import kl_sparsity
 from conftest import ROOT
+from conftest import assert_usage_error
 from conftest import import_lesson
 
 SCRIPT = ROOT / "SparseAutoEncoder.py"
@@ -134,13 +134,7 @@ def test_history_shows_the_penalty_and_the_model_round_trips(lesson, tmp_path, p
     (["--learning-rate", "0"], "--learning-rate: must be a positive number, got '0'"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(lesson, tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as stopped:
-        run(lesson.main, argv + ["--out", str(tmp_path)])
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("SparseAutoEncoder.py: error:") and message in err[0]
-    assert not any(tmp_path.rglob("*.*"))
+    assert_usage_error(lesson.main, "SparseAutoEncoder.py", argv, tmp_path, capsys, message)
 
 
 def test_end_to_end_tiny_run(lesson, small_mnist_npz, tmp_path):

@@ -15,6 +15,7 @@ from common.data import autoencoder_datasets
 from common.data import load_dataset
 from common.metrics import evaluate_elbo
 from conftest import ROOT
+from conftest import assert_usage_error
 
 SCRIPT = ROOT / "VariationalAutoEncoder_tf2.py"
 RESULT_KEYS = ["dataset", "data_source", "train_examples", "test_examples", "epochs",
@@ -24,12 +25,6 @@ RESULT_KEYS = ["dataset", "data_source", "train_examples", "test_examples", "epo
 FIGURES = ["vae_latent_scatter.png", "vae_manifold.png", "vae_reconstructions.png",
            "vae_samples.png"]
 TINY = ["--epochs", "2", "--batch-size", "64", "--iwae-samples", "10"]
-
-
-def bad_out_dir(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    return str(blocker / "out")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -43,15 +38,8 @@ def bad_out_dir(tmp_path):
     (["--out", None], "cannot be written"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(vae_lesson, tmp_path, capsys, argv, message):
-    argv = [bad_out_dir(tmp_path) if a is None else a for a in argv]
-    if "--out" not in argv:
-        argv += ["--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as stopped:
-        run(vae_lesson.main, argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("VariationalAutoEncoder_tf2.py: error:") and message in err[0]
+    assert_usage_error(vae_lesson.main, "VariationalAutoEncoder_tf2.py", argv, tmp_path, capsys,
+                       message)
 
 
 def test_corrupt_data_file_stops_before_training(vae_lesson, tmp_path, capsys):
