@@ -258,7 +258,8 @@ def evaluate(pca, models, fitted, train_inputs, test_inputs):
         scores[name] = {**(reconstruction_scores(test_inputs, images=output) if linear
                            else reconstruction_scores(test_inputs, logits=output)),
                         "parameters": int(model.autoencoder.count_params()),
-                        "train_seconds": fitted[name].seconds}
+                        "train_seconds": fitted[name].seconds,
+                        "epoch_seconds": fitted[name].epoch_seconds}
     return scores, codes, rebuilt
 
 

@@ -220,8 +220,8 @@ def train_judge(dataset, args, out):
     judge.summary()
     training.compile(judge, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                      learning_rate=JUDGE_LEARNING_RATE, metrics=["accuracy"])
-    real_digits = data.shuffled_batches((dataset.x_train, dataset.y_train), args.batch_size,
-                                        args.seed).prefetch(tf.data.AUTOTUNE)
+    real_digits = data.batches((dataset.x_train, dataset.y_train), args.batch_size,
+                               args.seed).prefetch(tf.data.AUTOTUNE)
     fitted = training.fit(judge, real_digits, epochs=args.classifier_epochs,
                           backup_dir=out.checkpoint("digit_classifier"),
                           log_dir=out.logs("digit_classifier"))

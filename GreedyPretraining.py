@@ -156,7 +156,7 @@ def greedy_pretrain(pairs, images, args, backup_dir, log_dir=lambda name: None,
         stage = keras.Model(codes, decoder_layer(encoder_layer(codes)),
                             name=f"pretrain_stage_{k + 1}")
         training.compile(stage, loss=stage_loss(k), learning_rate=args.learning_rate)
-        batches = (data.shuffled_batches(inputs, args.batch_size, args.seed)
+        batches = (data.batches(inputs, args.batch_size, args.seed)
                    .map(lambda codes: (codes, codes)).prefetch(tf.data.AUTOTUNE))
         fitted = training.fit(stage, batches, epochs=args.pretrain_epochs,
                               backup_dir=backup_dir(stage.name), log_dir=log_dir(stage.name),

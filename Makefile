@@ -1,13 +1,14 @@
 # `make vae` trains the VAE, `make test` runs the tests, `make figures` regenerates every
-# committed figure and result. Each target first creates .venv from requirements.txt, again
-# whenever requirements.txt is newer than the last install.
+# committed figure and result, `make bench` times the lessons against plain Keras. Each target
+# first creates .venv from requirements.txt, again whenever requirements.txt is newer than the
+# last install.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: vae dae cvae sparse contractive ae pretrain test figures clean
+.PHONY: vae dae cvae sparse contractive ae pretrain test figures bench clean
 
 # One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
@@ -36,6 +37,11 @@ test: $(INSTALLED)
 	$(PY) -m pytest
 
 figures: vae dae cvae sparse contractive ae pretrain
+
+# Seconds per epoch and peak memory of every lesson against plain Keras, on full-size data
+# (results/bench.json; about 40 minutes on 2 CPU cores). Not part of `make test`.
+bench: $(INSTALLED)
+	$(PY) benchmarks/bench.py
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -232,7 +232,7 @@ def _checked(images, labels, where):
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
             or images.dtype == bool):
         raise DataError(f"{where}: images must be numbers, got {images.dtype} values")
-    images = images.astype(np.float32)
+    images = aligned_copy(images, np.float32)
     finite = np.isfinite(images)
     if not finite.all():
         raise DataError(f"{where}: {np.size(finite) - np.count_nonzero(finite):,} pixel values "
@@ -296,7 +296,7 @@ BINARIZATIONS = ("none", "static", "dynamic")
 def binarize(images, seed):
     """One Bernoulli draw per pixel, with the grey level as the probability of a 1 (seeded)."""
     rng = np.random.default_rng(seed)
-    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+    return aligned_copy(rng.random(images.shape, dtype=np.float32) < images, np.float32)
 
 
 def test_inputs(data, binarization, seed):
@@ -330,7 +330,7 @@ def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False
         inputs = (images, tf.one_hot(labels, NUM_CLASSES)) if with_labels else images
         return inputs, images
 
-    train = shuffled_batches((x_train, data.y_train), batch_size, seed)
+    train = batches((x_train, data.y_train), batch_size, seed)
     if binarization == "dynamic":
         # One vectorised draw per batch. Stateful random ops inside a map restart with the same
         # seed every epoch, so each batch is paired with a seed from Dataset.random, which draws
@@ -340,31 +340,58 @@ def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False
             lambda batch, seed_pair: (_bernoulli_draw(batch[0], seed_pair), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE)
     train = train.map(to_pairs).prefetch(tf.data.AUTOTUNE)
-    test = (tf.data.Dataset.from_tensor_slices((x_test, data.y_test)).batch(batch_size)
-            .map(to_pairs).prefetch(tf.data.AUTOTUNE))
+    test = batches((x_test, data.y_test), batch_size).map(to_pairs).prefetch(tf.data.AUTOTUNE)
     return train, test, x_test
 
 
-def shuffled_batches(arrays, batch_size, seed):
-    """Batches of a NumPy array, or of a tuple of arrays (one row per example), reshuffled every
-    epoch; each batch has the structure of `arrays`.
+def batches(arrays, batch_size, seed=None):
+    """A tf.data pipeline of batches of a NumPy array, or of a tuple of arrays (one row per
+    example), each batch with the structure of `arrays`: reshuffled every epoch with `seed`, in
+    order without one.
 
-    The rows are not copied into a shuffle buffer: the pipeline shuffles their indices (the same
-    permutation, for the same seed, as shuffling the rows themselves) and gathers each batch in
-    one call, so the training images are held once, not twice.
+    The rows are not copied into the pipeline: it shuffles their indices (the same permutation,
+    for the same seed, as shuffling the rows themselves) and gathers each batch in one call from
+    tensors that share the arrays' memory, so the training images are held once, not three times.
     """
     import tensorflow as tf
 
     single = not isinstance(arrays, tuple)
-    tensors = tuple(tf.constant(array) for array in ((arrays,) if single else arrays))
-    indices = (tf.data.Dataset.range(len(tensors[0]))
-               .shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
-               .batch(batch_size))
+    tensors = tuple(_shared_tensor(array) for array in ((arrays,) if single else arrays))
+    indices = tf.data.Dataset.range(len(tensors[0]))
+    if seed is not None:
+        indices = indices.shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size)
     if single:
         return indices.map(lambda rows: tf.gather(tensors[0], rows),
                            num_parallel_calls=tf.data.AUTOTUNE)
     return indices.map(lambda rows: tuple(tf.gather(t, rows) for t in tensors),
                        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# TensorFlow computes on an array's memory in place only if it starts on a 64-byte boundary.
+ALIGNMENT = 64
+
+
+def aligned_copy(array, dtype):
+    """A C-contiguous copy of `array` as `dtype`, starting on a 64-byte boundary."""
+    size = int(np.prod(array.shape)) * np.dtype(dtype).itemsize
+    memory = np.empty(size + ALIGNMENT, np.uint8)
+    start = -memory.ctypes.data % ALIGNMENT
+    copy = memory[start:start + size].view(dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def _shared_tensor(array):
+    """A tensor on the array's own memory, handed over through DLPack without a copy
+    (`tf.constant` would copy it, twice for unaligned memory); an array TensorFlow cannot use in
+    place is first copied once into aligned memory. The tensor keeps the array alive."""
+    import tensorflow as tf
+
+    if not (array.flags.c_contiguous and array.flags.writeable
+            and array.ctypes.data % ALIGNMENT == 0):
+        array = aligned_copy(array, array.dtype)
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 def _bernoulli_draw(images, seed_pair):

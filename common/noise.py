@@ -17,7 +17,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from common.data import shuffled_batches
+from common.data import batches
 
 NOISE_MODELS = ("gaussian", "masking", "salt_and_pepper")
 # The usual strengths: a standard deviation for gaussian, a fraction of pixels for the others.
@@ -86,14 +86,11 @@ def denoising_datasets(data, batch_size, noise, factor, seed):
     # the same noise, so each batch is paired with a seed from Dataset.random, which draws new
     # seeds every epoch (and the same ones in a rerun with the same --seed).
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    batches = shuffled_batches(data.x_train, batch_size, seed)
-    train = (tf.data.Dataset.zip(batches, seeds)
+    train = (tf.data.Dataset.zip(batches(data.x_train, batch_size, seed), seeds)
              .map(lambda clean, seed_pair: (corrupt(clean, factor, seed_pair), clean),
                   num_parallel_calls=tf.data.AUTOTUNE)
              .prefetch(tf.data.AUTOTUNE))
-    test = (tf.data.Dataset.from_tensor_slices((noisy_test, data.x_test))
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+    test = batches((noisy_test, data.x_test), batch_size).prefetch(tf.data.AUTOTUNE)
     return train, test, noisy_test
 
 

@@ -59,11 +59,13 @@ class Fitted(NamedTuple):
     epochs: int              # epochs finished
     seconds: float           # wall-clock seconds of those epochs (training and validation)
     seconds_per_epoch: float  # their median
+    epoch_seconds: list      # each epoch's (the first includes tracing the training step)
 
     def results(self):
         """The figures of training that every lesson reports."""
         return {"epochs_trained": self.epochs, "final_train_loss": self.history["loss"][-1],
-                "train_seconds": self.seconds, "seconds_per_epoch": self.seconds_per_epoch}
+                "train_seconds": self.seconds, "seconds_per_epoch": self.seconds_per_epoch,
+                "epoch_seconds": self.epoch_seconds}
 
 
 def compile(model, loss, learning_rate, metrics=()):  # noqa: A001 - Keras's word for it
@@ -271,7 +273,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         seconds = self.epoch_seconds
         return Fitted(history={k: list(v) for k, v in self.history.items()}, epochs=len(seconds),
                       seconds=float(sum(seconds)),
-                      seconds_per_epoch=float(np.median(seconds)) if seconds else 0.0)
+                      seconds_per_epoch=float(np.median(seconds)) if seconds else 0.0,
+                      epoch_seconds=[float(s) for s in seconds])
 
 
 def _one_line(err):

@@ -248,3 +248,34 @@ def test_pipeline_with_labels_gives_image_and_one_hot_inputs():
     assert np.array_equal(one_hot.numpy().argmax(axis=1), rows % 10)  # ...with its labels
     (_, test_one_hot), _ = next(iter(test))
     assert test_one_hot.numpy().argmax(axis=1).tolist() == list(range(10))
+
+
+def test_loaded_images_are_aligned_so_the_pipeline_shares_their_memory(small_mnist_npz):
+    dataset = load_dataset(path=small_mnist_npz)
+    for images in (dataset.x_train, dataset.x_test, binarize(dataset.x_test, 0)):
+        assert images.ctypes.data % datamod.ALIGNMENT == 0 and images.flags.c_contiguous
+    shared = datamod._shared_tensor(dataset.x_train)
+    dataset.x_train[0, 0, 0, 0] = 7.0
+    assert float(shared[0, 0, 0, 0]) == 7.0  # the same memory, not a copy
+
+
+@pytest.mark.parametrize("offset", [0, 1])  # offset 1: unaligned memory, copied once
+def test_batches_gather_every_row_once_in_order_or_shuffled(offset):
+    images = np.arange(10 * 3 + offset, dtype=np.float32)[offset:].reshape(10, 3)
+    labels = np.arange(10)
+    in_order = [b.numpy() for b in datamod.batches(images, 4)]
+    assert [len(b) for b in in_order] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate(in_order), images)
+
+    def one_epoch(pipeline):
+        x, y = zip(*((x.numpy(), y.numpy()) for x, y in pipeline))
+        return np.concatenate(x), np.concatenate(y)
+
+    epochs = datamod.batches((images, labels), 4, seed=3)
+    first, second = one_epoch(epochs), one_epoch(epochs)
+    for x, y in (first, second):  # every row once, images still paired with their labels
+        np.testing.assert_array_equal(x, images[y])
+        assert sorted(y) == list(range(10))
+    assert not np.array_equal(first[1], second[1])  # reshuffled every epoch
+    again = one_epoch(datamod.batches((images, labels), 4, seed=3))
+    np.testing.assert_array_equal(again[1], first[1])  # and the same order for the same seed

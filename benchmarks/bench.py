@@ -1,0 +1,318 @@
+"""How fast is each lesson, and how much memory does it take, against plain Keras?
+
+For every lesson, on full-size data (MNIST when it is in the Keras cache, otherwise the 60,000
+Fashion-MNIST training images of Debian's dataset-fashion-mnist package), in rounds:
+
+- the lesson itself, run as a user runs it (its tf.data pipeline, checkpoints, 32 steps per
+  execution, deterministic ops), for a few epochs, with its evaluation made short;
+- the same models, built by the lesson's own functions with its default settings, trained the
+  plain-Keras way: `fit` on NumPy arrays with Keras's defaults (the binarization or the noise
+  drawn once, no checkpoints, no deterministic ops),
+
+each in a process of its own, one after the other, so that both see the same machine. It prints
+seconds per epoch (the first epoch, which traces the training step, left out; for a lesson that
+trains several models, one epoch of each), images per second and peak memory (the process's
+largest resident set), with the ratio lesson / plain Keras, and writes results/bench.json.
+
+    python benchmarks/bench.py                      # every lesson, 3 rounds of 2 epochs
+    python benchmarks/bench.py --lessons vae dae --rounds 5
+    make bench
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LESSONS = {  # name -> (script, flags that keep its evaluation short)
+    "vae": ("VariationalAutoEncoder_tf2", ["--iwae-samples", "1"]),
+    "cvae": ("ConditionalVAE", ["--iwae-samples", "1", "--classifier-epochs", "1",
+                                "--samples-per-class", "10"]),
+    "ae": ("AutoEncoder", []),
+    "pretrain": ("GreedyPretraining", ["--pretrain-epochs", "1"]),
+    "dae": ("StackedDenoisingAutoEncoder", []),
+    "sparse": ("SparseAutoEncoder", []),
+    "contractive": ("ContractiveAutoEncoder", []),
+}
+FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lessons", nargs="+", choices=LESSONS, default=list(LESSONS))
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per run; the first is left out")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
+    parser.add_argument("--data", help="a Keras-format .npz instead of the full-size data")
+    parser.add_argument("--limit", type=int, help="the first N training images only")
+    parser.add_argument("--out", default=str(ROOT), help="writes OUT/results/bench.json")
+    parser.add_argument("--plain", choices=LESSONS, help=argparse.SUPPRESS)  # one plain run
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs < 2 or args.rounds < 1:
+        parser.error("--epochs must be at least 2 (the first is left out), --rounds at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plain:  # a child process: one plain-Keras run
+        print(json.dumps(plain_keras_run(args)))
+        return
+    dataset = args.dataset or pick_dataset(args)
+    results = {"machine": machine(), "dataset": dataset, "data": args.data, "limit": args.limit,
+               "epochs": args.epochs, "rounds": args.rounds, "lessons": {}}
+    for name in args.lessons:
+        runs = {"lesson": [], "plain_keras": []}
+        for round_ in range(args.rounds):
+            runs["lesson"].append(lesson_run(name, dataset, args))
+            runs["plain_keras"].append(plain_run(name, dataset, args))
+            print(f"bench: {name}, round {round_ + 1} of {args.rounds}: "
+                  f"lesson {runs['lesson'][-1]['seconds_per_epoch']:.2f} s per epoch, "
+                  f"plain Keras {runs['plain_keras'][-1]['seconds_per_epoch']:.2f} s",
+                  file=sys.stderr, flush=True)
+        results["lessons"][name] = summarize(runs)
+    path = pathlib.Path(args.out) / "results" / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+# -- The data and the machine ---------------------------------------------------------------------
+
+def pick_dataset(args):
+    if args.data:
+        return "mnist"
+    home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+    if (home / "datasets" / "mnist.npz").exists():
+        return "mnist"
+    if FASHION_MNIST.exists():
+        return "fashion_mnist"
+    sys.exit("bench.py: error: it needs full-size data: MNIST in the Keras cache (run a lesson "
+             "once online) or Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+
+
+def machine():
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version()}
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                 if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+        total = [line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")]
+        info["memory_gib"] = round(int(total[0]) / 2**20, 1)
+    info.update({package: importlib.metadata.version(package)
+                 for package in ("tensorflow", "keras", "numpy")})
+    return info
+
+
+# -- One run, in a process of its own -------------------------------------------------------------
+
+def child(command):
+    """Run `command` from the repository root; return its stdout and its peak memory in GiB."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr,
+                                   env={**os.environ, "AUTOENCODERS_OFFLINE": "1"})
+        _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its resource usage
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if process.returncode != 0:
+            sys.exit(f"bench.py: error: {' '.join(command)} failed:\n{stderr.read()[-3000:]}")
+        # ru_maxrss is in KiB on Linux, in bytes on macOS
+        peak = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
+        return stdout.read(), peak
+
+
+def lesson_run(name, dataset, args):
+    """The lesson as a user runs it; its epochs timed by the lesson itself."""
+    script, flags = LESSONS[name]
+    with tempfile.TemporaryDirectory() as out:
+        _, peak = child([sys.executable, f"{script}.py", "--dataset", dataset, "--out", out,
+                         *data_flags(args), "--epochs", str(args.epochs), *flags])
+        results = json.loads((pathlib.Path(out) / "results" / f"{script}.json").read_text())
+    return measured(list(epoch_times(results)), results["train_examples"], peak)
+
+
+def plain_run(name, dataset, args):
+    stdout, peak = child([sys.executable, str(pathlib.Path(__file__).resolve()), "--plain", name,
+                          "--dataset", dataset, "--epochs", str(args.epochs), *data_flags(args)])
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return measured(report["epoch_seconds"], report["train_examples"], peak)
+
+
+def data_flags(args):
+    return [*(["--data", args.data] if args.data else []),
+            *(["--limit", str(args.limit)] if args.limit else [])]
+
+
+def epoch_times(results):
+    """Every `...epoch_seconds` list in a lesson's results: one per model it trained."""
+    for key, value in results.items():
+        if isinstance(value, dict):
+            yield from epoch_times(value)
+        elif key.endswith("epoch_seconds"):
+            yield value
+
+
+def measured(per_model, train_examples, peak):
+    """Seconds per epoch: each model's median epoch, the first left out, summed over models."""
+    seconds = sum(statistics.median(times[1:]) for times in per_model)
+    return {"seconds_per_epoch": seconds, "models": len(per_model),
+            "images_per_second": train_examples * len(per_model) / seconds,
+            "peak_memory_gib": peak}
+
+
+def summarize(runs):
+    summary = {}
+    for kind, reports in runs.items():
+        seconds = [r["seconds_per_epoch"] for r in reports]
+        summary[kind] = {"seconds_per_epoch": statistics.median(seconds),
+                         "seconds_per_epoch_range": [min(seconds), max(seconds)],
+                         "images_per_second": statistics.median(
+                             r["images_per_second"] for r in reports),
+                         "peak_memory_gib": statistics.median(r["peak_memory_gib"]
+                                                              for r in reports),
+                         "runs": reports}
+    summary["ratio"] = (summary["lesson"]["seconds_per_epoch"]
+                        / summary["plain_keras"]["seconds_per_epoch"])
+    return summary
+
+
+def print_table(results):
+    print(f"\n{results['dataset']}, {results['epochs']} epochs per run (the first left out), "
+          f"{results['rounds']} rounds; {results['machine']['cpu']}, "
+          f"{results['machine']['cores']} cores")
+    print(f"{'':12s} {'lesson s/epoch':>15s} {'plain Keras':>12s} {'ratio':>6s} "
+          f"{'images/s':>9s} {'plain':>9s} {'peak GiB':>9s} {'plain':>6s}")
+    for name, row in results["lessons"].items():
+        lesson, plain = row["lesson"], row["plain_keras"]
+        print(f"{name:12s} {lesson['seconds_per_epoch']:15.2f} {plain['seconds_per_epoch']:12.2f} "
+              f"{row['ratio']:6.2f} {lesson['images_per_second']:9.0f} "
+              f"{plain['images_per_second']:9.0f} {lesson['peak_memory_gib']:9.2f} "
+              f"{plain['peak_memory_gib']:6.2f}")
+
+
+# -- Plain Keras: the lesson's models, fit on NumPy arrays with Keras's defaults -------------------
+
+def plain_keras_run(args):
+    sys.path.insert(0, str(ROOT))
+    import common  # noqa: F401 - first: quiets TensorFlow's start-up logs
+    import keras
+    from common import data
+
+    script, _ = LESSONS[args.plain]
+    spec = importlib.util.spec_from_file_location(script, ROOT / f"{script}.py")
+    lesson = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson)
+    settings = lesson.parse_args(["--dataset", args.dataset, *data_flags(args)])  # its defaults
+    dataset = data.load_dataset(settings.dataset, settings.data, settings.limit)
+    keras.utils.set_random_seed(0)
+
+    class EpochTimes(keras.callbacks.Callback):
+        """The wall-clock seconds of every epoch, training and validation, as the lessons time
+        theirs."""
+
+        def on_train_begin(self, logs=None):
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    epoch_seconds = []
+    for model, loss, train, test in PLAIN_MODELS[args.plain](lesson, settings, dataset):
+        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss)
+        timer = EpochTimes()
+        model.fit(*train, validation_data=test, batch_size=settings.batch_size,
+                  epochs=args.epochs, callbacks=[timer], verbose=0)
+        epoch_seconds.append(timer.seconds)
+    return {"epoch_seconds": epoch_seconds, "train_examples": len(dataset.x_train)}
+
+
+def plain_vae(lesson, args, dataset):
+    from common import data, losses
+
+    x, x_test = data.binarize(dataset.x_train, 0), data.binarize(dataset.x_test, 1)
+    encoder = lesson.build_encoder(args.arch, args.latent_dim)
+    model = lesson.build_vae(encoder, lesson.build_decoder(args.arch, args.latent_dim),
+                             args.beta, args.seed)
+    return [(model, losses.bernoulli_nll, (x, x), (x_test, x_test))]
+
+
+def plain_cvae(lesson, args, dataset):
+    from common import data, losses
+
+    x, x_test = data.binarize(dataset.x_train, 0), data.binarize(dataset.x_test, 1)
+    y, y_test = lesson.one_hot(dataset.y_train), lesson.one_hot(dataset.y_test)
+    encoder = lesson.build_encoder(args.arch, args.latent_dim)
+    model = lesson.build_cvae(encoder, lesson.build_decoder(args.arch, args.latent_dim),
+                              args.beta, args.seed)
+    return [(model, losses.bernoulli_nll, ([x, y], x), ([x_test, y_test], x_test))]
+
+
+def plain_ae(lesson, args, dataset):
+    import keras
+    from common import losses
+
+    pairs = ((dataset.x_train, dataset.x_train), (dataset.x_test, dataset.x_test))
+    return [(lesson.build_linear(args.code_dim).autoencoder, keras.losses.MeanSquaredError(),
+             *pairs)] + [(build(args.code_dim).autoencoder, losses.bernoulli_nll, *pairs)
+                         for build in (lesson.build_shallow, lesson.build_deep)]
+
+
+def plain_pretrain(lesson, args, dataset):
+    from common import losses
+
+    pairs = ((dataset.x_train, dataset.x_train), (dataset.x_test, dataset.x_test))
+    return [(lesson.build_deep(lesson.deep_layers(args.code_dim), name).autoencoder,
+             losses.bernoulli_nll, *pairs) for name in ("random_init", "greedy")]
+
+
+def plain_dae(lesson, args, dataset):
+    import keras
+    from common import noise
+
+    noisy = noise.add_noise(dataset.x_train, args.noise, args.noise_factor, args.seed)
+    noisy_test = noise.add_noise(dataset.x_test, args.noise, args.noise_factor, args.seed + 1)
+    encoder = lesson.build_encoder()
+    model = lesson.build_dae(encoder, lesson.build_decoder(encoder.output_shape[1:]))
+    return [(model, keras.losses.BinaryCrossentropy(from_logits=True),
+             (noisy, dataset.x_train), (noisy_test, dataset.x_test))]
+
+
+def plain_sparse(lesson, args, dataset):
+    from common import losses
+
+    pairs = ((dataset.x_train, dataset.x_train), (dataset.x_test, dataset.x_test))
+    return [(lesson.build_autoencoder(lesson.build_encoder(args.hidden),
+                                      lesson.build_decoder(args.hidden), penalty, args),
+             losses.bernoulli_nll, *pairs) for penalty in (args.penalty, "none")]
+
+
+def plain_contractive(lesson, args, dataset):
+    from common import losses
+
+    pairs = ((dataset.x_train, dataset.x_train), (dataset.x_test, dataset.x_test))
+    return [(lesson.build_autoencoder(lesson.build_encoder(args.hidden, contraction),
+                                      lesson.build_decoder(args.hidden)),
+             losses.bernoulli_nll, *pairs) for contraction in (args.contraction, 0.0)]
+
+
+PLAIN_MODELS = {"vae": plain_vae, "cvae": plain_cvae, "ae": plain_ae, "pretrain": plain_pretrain,
+                "dae": plain_dae, "sparse": plain_sparse, "contractive": plain_contractive}
+
+
+if __name__ == "__main__":
+    main()
