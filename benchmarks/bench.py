@@ -10,11 +10,13 @@ Fashion-MNIST training images of Debian's dataset-fashion-mnist package), in rou
   drawn once, no checkpoints, no deterministic ops),
 
 each in a process of its own, one after the other, so that both see the same machine. It prints
-seconds per epoch (the first epoch, which traces the training step, left out; for a lesson that
-trains several models, one epoch of each), images per second and peak memory (the process's
-largest resident set), with the ratio lesson / plain Keras, and writes results/bench.json.
+seconds per epoch, images per second and peak memory (the process's largest resident set), with
+the ratio lesson / plain Keras, and writes results/bench.json. Seconds per epoch are the median
+of every epoch of every round but the first of each run, which traces the training step (for a
+lesson that trains several models, the sum of one epoch of each): on a shared machine, whose
+speed drifts from minute to minute, a median over many epochs run in turn is what stays put.
 
-    python benchmarks/bench.py                      # every lesson, 3 rounds of 2 epochs
+    python benchmarks/bench.py                      # every lesson, 3 rounds of 3 epochs
     python benchmarks/bench.py --lessons vae dae --rounds 5
     make bench
 """
@@ -49,7 +51,7 @@ FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lessons", nargs="+", choices=LESSONS, default=list(LESSONS))
-    parser.add_argument("--epochs", type=int, default=2,
+    parser.add_argument("--epochs", type=int, default=3,
                         help="epochs per run; the first is left out")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--data", help="a Keras-format .npz instead of the full-size data")
@@ -165,23 +167,27 @@ def epoch_times(results):
 
 
 def measured(per_model, train_examples, peak):
-    """Seconds per epoch: each model's median epoch, the first left out, summed over models."""
-    seconds = sum(statistics.median(times[1:]) for times in per_model)
-    return {"seconds_per_epoch": seconds, "models": len(per_model),
-            "images_per_second": train_examples * len(per_model) / seconds,
-            "peak_memory_gib": peak}
+    """One run: every model's epochs but the first, and its seconds per epoch (each model's
+    median epoch, summed over the models)."""
+    epochs = [times[1:] for times in per_model]
+    seconds = sum(statistics.median(times) for times in epochs)
+    return {"seconds_per_epoch": seconds, "epoch_seconds": epochs, "models": len(per_model),
+            "train_examples": train_examples, "peak_memory_gib": peak}
 
 
 def summarize(runs):
+    """Every round of a lesson: each model's median epoch over all the rounds, summed."""
     summary = {}
     for kind, reports in runs.items():
-        seconds = [r["seconds_per_epoch"] for r in reports]
-        summary[kind] = {"seconds_per_epoch": statistics.median(seconds),
-                         "seconds_per_epoch_range": [min(seconds), max(seconds)],
-                         "images_per_second": statistics.median(
-                             r["images_per_second"] for r in reports),
-                         "peak_memory_gib": statistics.median(r["peak_memory_gib"]
-                                                              for r in reports),
+        models = zip(*(r["epoch_seconds"] for r in reports))  # each model's epochs, every round
+        seconds = sum(statistics.median([t for times in model for t in times])
+                      for model in models)
+        per_run = [r["seconds_per_epoch"] for r in reports]
+        summary[kind] = {"seconds_per_epoch": seconds,
+                         "seconds_per_epoch_range": [min(per_run), max(per_run)],
+                         "images_per_second": (reports[0]["train_examples"]
+                                               * reports[0]["models"] / seconds),
+                         "peak_memory_gib": max(r["peak_memory_gib"] for r in reports),
                          "runs": reports}
     summary["ratio"] = (summary["lesson"]["seconds_per_epoch"]
                         / summary["plain_keras"]["seconds_per_epoch"])
@@ -189,17 +195,21 @@ def summarize(runs):
 
 
 def print_table(results):
-    print(f"\n{results['dataset']}, {results['epochs']} epochs per run (the first left out), "
-          f"{results['rounds']} rounds; {results['machine']['cpu']}, "
+    print(f"\n{results['dataset']}, {results['rounds']} rounds of {results['epochs']} epochs "
+          f"(the first of each left out); {results['machine']['cpu']}, "
           f"{results['machine']['cores']} cores")
-    print(f"{'':12s} {'lesson s/epoch':>15s} {'plain Keras':>12s} {'ratio':>6s} "
-          f"{'images/s':>9s} {'plain':>9s} {'peak GiB':>9s} {'plain':>6s}")
+    print(f"{'':12s} {'lesson s/epoch (rounds)':>24s} {'plain Keras (rounds)':>21s} {'ratio':>6s} "
+          f"{'images/s':>9s} {'plain':>6s} {'peak GiB':>9s} {'plain':>6s}")
     for name, row in results["lessons"].items():
         lesson, plain = row["lesson"], row["plain_keras"]
-        print(f"{name:12s} {lesson['seconds_per_epoch']:15.2f} {plain['seconds_per_epoch']:12.2f} "
-              f"{row['ratio']:6.2f} {lesson['images_per_second']:9.0f} "
-              f"{plain['images_per_second']:9.0f} {lesson['peak_memory_gib']:9.2f} "
-              f"{plain['peak_memory_gib']:6.2f}")
+        print(f"{name:12s} {seconds(lesson):>24s} {seconds(plain):>21s} {row['ratio']:6.2f} "
+              f"{lesson['images_per_second']:9.0f} {plain['images_per_second']:6.0f} "
+              f"{lesson['peak_memory_gib']:9.2f} {plain['peak_memory_gib']:6.2f}")
+
+
+def seconds(kind):
+    low, high = kind["seconds_per_epoch_range"]
+    return f"{kind['seconds_per_epoch']:.2f} ({low:.2f}-{high:.2f})"
 
 
 # -- Plain Keras: the lesson's models, fit on NumPy arrays with Keras's defaults -------------------
