@@ -39,7 +39,7 @@ test: $(INSTALLED)
 figures: vae dae cvae sparse contractive ae pretrain
 
 # Seconds per epoch and peak memory of every lesson against plain Keras, on full-size data
-# (results/bench.json; about 40 minutes on 2 CPU cores). Not part of `make test`.
+# (results/bench.json; about an hour on 2 CPU cores). Not part of `make test`.
 bench: $(INSTALLED)
 	$(PY) benchmarks/bench.py
 
