@@ -71,8 +71,9 @@ class Fitted(NamedTuple):
 def compile(model, loss, learning_rate, metrics=()):  # noqa: A001 - Keras's word for it
     """`model.compile` with Adam at `learning_rate`: one optimizer for every lesson.
 
-    XLA (`jit_compile`) is left to Keras, which uses it on a GPU (without a distribution
-    strategy) and not on a CPU, where it saved no time here.
+    XLA (`jit_compile`) is left to Keras, which leaves it off on a CPU (where it saved too little
+    here to pay for its compilation), and on a GPU under a distribution strategy or deterministic
+    ops (every lesson's).
     """
     multi_worker = isinstance(tf.distribute.get_strategy(),
                               tf.distribute.MultiWorkerMirroredStrategy)
