@@ -388,6 +388,7 @@ def _shared_tensor(array):
     place is first copied once into aligned memory. The tensor keeps the array alive."""
     import tensorflow as tf
 
+    array = np.asarray(array)
     if not (array.flags.c_contiguous and array.flags.writeable
             and array.ctypes.data % ALIGNMENT == 0):
         array = aligned_copy(array, array.dtype)

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from common import data
 from common import outputs
 from common.errors import Diverged
 
@@ -43,9 +44,10 @@ WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
 KEPT_BACKUPS = 2  # the newest epoch, and the one before it in case the newest cannot be read
 # Batches run per call of the compiled training step. Keras's default, 1, returns to Python after
-# every batch; 32 saved 6% of the CPU time of an MLP epoch on 2 CPU cores (measured; `make
-# bench`) and saves more on a GPU, where each return also waits for the device. Numbers do not
-# change: the same steps run in the same order. Callbacks see a batch every 32 steps.
+# every batch; 32 saved 6% of the CPU time of the VAE lesson's epoch on 2 CPU cores (README,
+# Throughput by default), and should save more on a GPU, where each return also waits for the
+# device. Numbers do not change: the same steps run in the same order. Callbacks see a batch
+# every 32 steps.
 STEPS_PER_EXECUTION = 32
 # A training loss that rises to this many times its value at the first batch has diverged, even
 # while it is still finite (a loss of 5e5 nats per image after starting at 543, say).
@@ -55,11 +57,21 @@ EXPLOSION = 100.0
 class Fitted(NamedTuple):
     """What one model's training left: every epoch, including those of an interrupted run."""
 
-    history: dict            # metric name -> one value per finished epoch
-    epochs: int              # epochs finished
-    seconds: float           # wall-clock seconds of those epochs (training and validation)
-    seconds_per_epoch: float  # their median
-    epoch_seconds: list      # each epoch's (the first includes tracing the training step)
+    history: dict        # metric name -> one value per finished epoch
+    epoch_seconds: list  # wall-clock seconds of each finished epoch, training and validation
+                         # (the first includes tracing the training step)
+
+    @property
+    def epochs(self):
+        return len(self.epoch_seconds)
+
+    @property
+    def seconds(self):
+        return float(sum(self.epoch_seconds))
+
+    @property
+    def seconds_per_epoch(self):
+        return float(np.median(self.epoch_seconds)) if self.epoch_seconds else 0.0
 
     def results(self):
         """The figures of training that every lesson reports."""
@@ -100,8 +112,7 @@ def predict(model, inputs, batch_size=1024):
                                               reduce_retracing=True)
     step = _inference_steps[model]
     inputs = tuple(inputs) if isinstance(inputs, list) else inputs
-    outputs = [step(batch) for batch in tf.data.Dataset.from_tensor_slices(inputs)
-               .batch(batch_size)]
+    outputs = [step(batch) for batch in data.batches(inputs, batch_size)]
     if isinstance(outputs[0], (list, tuple)):
         return [np.concatenate([ops.convert_to_numpy(o[i]) for o in outputs])
                 for i in range(len(outputs[0]))]
@@ -271,11 +282,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     # -- Result ----------------------------------------------------------------------------
 
     def fitted(self):
-        seconds = self.epoch_seconds
-        return Fitted(history={k: list(v) for k, v in self.history.items()}, epochs=len(seconds),
-                      seconds=float(sum(seconds)),
-                      seconds_per_epoch=float(np.median(seconds)) if seconds else 0.0,
-                      epoch_seconds=[float(s) for s in seconds])
+        return Fitted(history={k: list(v) for k, v in self.history.items()},
+                      epoch_seconds=[float(s) for s in self.epoch_seconds])
 
 
 def _one_line(err):

@@ -67,8 +67,8 @@ def test_a_multi_worker_run_resumes_and_only_the_chief_writes(lessons, small_mni
         env = {**os.environ, "TF_CONFIG": json.dumps(config), "TMPDIR": str(scratch)}
         workers.append(subprocess.Popen(
             [sys.executable, str(ROOT / f"{VAE}.py"), "--distribute", "multi-worker",
-             "--epochs", "2", *map(str, argv)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+              "--epochs", "2", *map(str, argv)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     done = [worker.communicate(timeout=300) for worker in workers]
     for worker, (stdout, stderr) in zip(workers, done):
         assert worker.returncode == 0, stderr[-3000:]
