@@ -70,7 +70,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = load_data(args)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME)
+    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
     runtime.setup(args)
 
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(

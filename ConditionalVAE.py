@@ -68,7 +68,7 @@ def main(argv=None):
     args = parse_args(argv)
     # Checked before all else; the judge needs at least two classes to learn.
     dataset = data.load_dataset(args.dataset, args.data, args.limit, min_classes=2)
-    out = outputs.prepare_outputs(args, SCRIPT_NAME)
+    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
     runtime.setup(args)
 
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(

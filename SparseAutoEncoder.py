@@ -79,7 +79,7 @@ def probability(text):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME)
+    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
     runtime.setup(args)
 
     # The network with the penalty, then the same network with none, compared side by side.

@@ -73,7 +73,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME)
+    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
     runtime.setup(args)
 
     train_ds, test_ds, noisy_test = noise.denoising_datasets(

@@ -42,6 +42,14 @@ def nonnegative_int(text):
     return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
+# NumPy's generators and `keras.utils.set_random_seed` take seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+
+
+def seed(text):
+    return _number(text, int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+
+
 def nonnegative_float(text):
     return _number(text, float, lambda v: v >= 0, "a number >= 0")
 
@@ -77,7 +85,7 @@ def base_parser(script_path, description, epochs, batch_size, learning_rate):
                         help="examples per gradient step")
     shared.add_argument("--learning-rate", type=positive_float, default=learning_rate,
                         help="Adam's step size")
-    shared.add_argument("--seed", type=nonnegative_int, default=0,
+    shared.add_argument("--seed", type=seed, default=0,
                         help="seed for weights, shuffling, binarization and sampling")
     shared.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="which dataset to train on")

@@ -116,7 +116,7 @@ def settings_digest(args):
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def prepare_outputs(args, script):
+def prepare_outputs(args, script, dataset=None):
     """Create the folders under --out, take the lesson's lock on them, clear stale temporaries.
 
     Call it once the flags and the data are checked: bad input creates nothing.
