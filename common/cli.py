@@ -1,15 +1,18 @@
 """The command line every lesson shares, and one-line errors instead of tracebacks.
 
-Bad input exits with status 2 before anything happens; a run that goes wrong (a diverged loss)
-exits with status 1 and writes nothing; Ctrl-C exits with status 130, and the same command
-resumes.
+Bad input exits with status 2 before anything happens; a run that goes wrong (a diverged loss,
+a full disk) exits with status 1 and changes no output; Ctrl-C exits with status 130, SIGTERM
+with 143, a closed output pipe with 141, and the same command resumes.
 """
 
 import argparse
 import inspect
 import math
+import os
 import pathlib
+import signal
 import sys
+import threading
 
 from common import outputs
 from common import runtime
@@ -109,24 +112,84 @@ def base_parser(script_path, description, epochs, batch_size, learning_rate):
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `docker stop`, `timeout`), handled as Ctrl-C is."""
+
+
 def run(main, argv=None):
     """Run `main(argv)`, reporting what goes wrong in one line, never a traceback: bad input
-    with exit status 2, a failed run (`TrainingError`) with 1, Ctrl-C with 130."""
+    with exit status 2, a failed run (`TrainingError`, a full disk) with 1, Ctrl-C with 130,
+    SIGTERM with 143; a closed output pipe (`| head`) ends the run quietly, with 141 as a
+    program killed by SIGPIPE would. After any of them the same command resumes."""
     prog = pathlib.Path(inspect.getfile(main)).name
+    resume = "run the same command again to resume from the last finished epoch"
+    previous = _on_sigterm()
     try:
         main(argv)
     except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        _say(f"{prog}: error: {err}")
         sys.exit(2)
     except TrainingError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        _say(f"{prog}: {err}")
         sys.exit(1)
+    except Terminated:
+        _say(f"{prog}: terminated (SIGTERM); {resume}")
+        sys.exit(143)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; run the same command again to resume from the last "
-              "finished epoch", file=sys.stderr)
+        _say(f"{prog}: interrupted; {resume}")
         sys.exit(130)
+    except BrokenPipeError:
+        _silence_stdout()
+        _say(f"{prog}: output closed (broken pipe); {resume}")
+        sys.exit(141)
+    except SystemExit as stop:
+        # rich, which prints Keras's model summaries, meets a closed pipe with SystemExit(1);
+        # the lessons themselves leave only through the exceptions above (and argparse, 0 or 2).
+        if stop.code != 1:
+            raise
+        _silence_stdout()
+        _say(f"{prog}: output closed (broken pipe); {resume}")
+        sys.exit(141)
+    except OSError as err:
+        if not outputs.is_out_of_space(err):
+            raise
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        _say(f"{prog}: no room left on the file system{where}; the previous outputs were left "
+             f"as they were: free some space and {resume}")
+        sys.exit(1)
     finally:
         outputs.release()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm():
+    """Make SIGTERM raise `Terminated` in the main thread; return the handler it replaces."""
+    def terminate(signum, frame):
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _say(line):
+    """Print one line on stderr, if stderr is still there to print on."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe does
+    not print an error of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _number(text, kind, valid, what):

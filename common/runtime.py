@@ -18,6 +18,27 @@ import json
 import os
 import sys
 
+
+def _open_standard_streams():
+    """Give the process a stdin, stdout and stderr even when it was started with one closed
+    (`2>&-`, a daemon): /dev/null takes a closed descriptor 0, 1 or 2, so that no file opened
+    later (a model being saved) gets that number and receives what libraries print there, and a
+    missing Python stream (None) becomes /dev/null."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
+
+
+_open_standard_streams()
+
 # TensorFlow's C++ core prints start-up notes (and, on a machine without a GPU, alarming but
 # harmless CUDA messages) straight to the process's stderr. Keep warnings and errors only, and
 # mute the notes printed while TensorFlow loads and looks for GPUs, unless you asked for them

@@ -11,11 +11,14 @@ times itself, and with --tensorboard logs for TensorBoard:
   training state (epoch, history, seconds per epoch) into a new folder `epoch-NNNNN`, under a
   temporary name that is renamed when complete; the previous epoch's folder is kept until then.
   On a rerun it restores the newest folder that reads back whole; one that does not is reported
-  in a line and skipped. It keeps its backups when training ends: the lesson discards them once
-  its results, models and figures are written, so no finished epoch is lost before that.
+  in a line and kept aside (renamed `<folder>.unreadable-epoch-NNNNN`, never deleted). It keeps
+  its backups when training ends: the lesson discards them once its results, models and figures
+  are written, so no finished epoch is lost before that. `backup_dir` is a path, or a lesson's
+  `outputs.Checkpoint`, whose folder is named for the run's settings, data and the model's
+  architecture, so that a backup is only ever resumed by the run that made it.
 - `StopOnDivergence`, a `keras.callbacks.TerminateOnNaN` that raises `Diverged` (naming the model
-  and the epoch) at the first NaN or infinite loss, or a loss that explodes to EXPLOSION times
-  its first value, before a bad state can be backed up.
+  and the epoch) at the first NaN or infinite loss, or a loss that rises to EXPLOSION times the
+  loss of the model before its first step, before a bad state can be backed up.
 
 So a rerun of the same command resumes each model from its last finished epoch; a model that had
 finished is restored and not trained again; asking for fewer epochs than were finished evaluates
@@ -49,8 +52,10 @@ KEPT_BACKUPS = 2  # the newest epoch, and the one before it in case the newest c
 # device. Numbers do not change: the same steps run in the same order. Callbacks see a batch
 # every 32 steps.
 STEPS_PER_EXECUTION = 32
-# A training loss that rises to this many times its value at the first batch has diverged, even
-# while it is still finite (a loss of 5e5 nats per image after starting at 543, say).
+# A loss that rises to this many times the loss of the model before its first step has diverged,
+# even while it is still finite (5e5 nats per image where the untrained network scores 543, say).
+# The reference is measured before training, not read off the first logged batch: with 32 steps
+# per execution that one is already the mean of 32 steps, exploded at a huge learning rate.
 EXPLOSION = 100.0
 
 
@@ -121,11 +126,15 @@ def predict(model, inputs, batch_size=1024):
 
 def fit(model, train, *, epochs, backup_dir, log_dir=None, validation_data=None, callbacks=(),
         verbose=2, **fit_kwargs):
-    """`model.fit` that resumes from `backup_dir`, raises `Diverged` on a non-finite loss, logs
-    for TensorBoard into `log_dir` (if given), and returns a `Fitted` with the history of every
-    finished epoch."""
-    backup = ResumableBackup(backup_dir)
-    callbacks = [StopOnDivergence(model.name), backup, *callbacks]
+    """`model.fit` that resumes from `backup_dir`, raises `Diverged` on a non-finite or exploding
+    loss, logs for TensorBoard into `log_dir` (if given), and returns a `Fitted` with the
+    history of every finished epoch."""
+    backup = ResumableBackup(outputs.checkpoint_folder(backup_dir, model))
+    if validation_data is not None:
+        reference = untrained_loss(model, *_inputs_and_targets(validation_data))
+    else:
+        reference = untrained_loss(model, train, fit_kwargs.get("y"))
+    callbacks = [StopOnDivergence(model.name, reference), backup, *callbacks]
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     # A tf.data pipeline shuffles itself; NumPy arrays are shuffled by Keras unless told not to.
@@ -133,6 +142,28 @@ def fit(model, train, *, epochs, backup_dir, log_dir=None, validation_data=None,
     model.fit(_sharded_by_batch(train), validation_data=_sharded_by_batch(validation_data),
               epochs=epochs, verbose=verbose, callbacks=callbacks, **fit_kwargs)
     return backup.fitted()
+
+
+def untrained_loss(model, inputs, targets=None, rows=256):
+    """The model's loss on a first batch of data, as the model is before training starts: the
+    reference against which `StopOnDivergence` judges an explosion. `inputs` is a tf.data
+    pipeline of (inputs, targets) batches, or arrays with their `targets`. (`fit` prefers the
+    validation data: reading a batch of a shuffled training pipeline would move its shuffling
+    on by an epoch.)"""
+    if isinstance(inputs, tf.data.Dataset):
+        scores = model.evaluate(_sharded_by_batch(inputs.take(1)), verbose=0, return_dict=True)
+    else:
+        first = slice(0, rows)
+        inputs = tuple(x[first] for x in inputs) if isinstance(inputs, tuple) else inputs[first]
+        targets = None if targets is None else targets[first]
+        scores = model.evaluate(inputs, targets, verbose=0, return_dict=True)
+    return float(scores["loss"])
+
+
+def _inputs_and_targets(validation_data):
+    if isinstance(validation_data, tf.data.Dataset):
+        return validation_data, None
+    return validation_data[0], validation_data[1]
 
 
 def _sharded_by_batch(dataset):
@@ -152,10 +183,10 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
     results, and it raises before the epoch ends, so a diverged state is never backed up.
     """
 
-    def __init__(self, model_name):
+    def __init__(self, model_name, reference_loss=None):
         super().__init__(raise_error=True)
-        self.model_name = model_name
-        self.epoch, self.first_loss = 0, None
+        self.model_name, self.reference = model_name, reference_loss
+        self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -164,8 +195,8 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
         loss = (logs or {}).get("loss")
         if loss is not None:
             self._check({"loss": loss})
-            if self.first_loss is None:
-                self.first_loss = float(loss)
+            if self.reference is None:  # no reference measured: the first batch's loss
+                self.reference = float(loss)
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs or {})
@@ -175,12 +206,13 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
             value = float(value)
             if not math.isfinite(value):
                 raise Diverged(self.model_name, self.epoch + 1, f"{name} became {value}")
-            exploding = (name in ("loss", "val_loss") and self.first_loss is not None
-                         and self.first_loss > 0 and value > EXPLOSION * self.first_loss)
+            exploding = (name in ("loss", "val_loss") and self.reference is not None
+                         and math.isfinite(self.reference) and self.reference > 0
+                         and value > EXPLOSION * self.reference)
             if exploding:
                 raise Diverged(self.model_name, self.epoch + 1,
-                               f"{name} rose to {value:.4g} from {self.first_loss:.4g} at the "
-                               "first batch")
+                               f"{name} rose to {value:.4g}, over {EXPLOSION:g} times the "
+                               f"{self.reference:.4g} of the untrained model")
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
@@ -199,14 +231,27 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for backup in sorted(self.folder.glob("epoch-*"), reverse=True):
             try:
                 self._restore(backup)
-            except Exception as err:  # noqa: BLE001 - any unreadable backup is skipped
-                print(f"checkpoint: {backup} cannot be read ({_one_line(err)}); skipped",
-                      file=sys.stderr)
-                if tf.distribute.get_strategy().extended.should_checkpoint:
-                    outputs.remove_tree(backup)  # (in a multi-worker run, the chief's to do)
+            except Exception as err:  # noqa: BLE001 - any unreadable backup is set aside
+                self._set_aside(backup, err)
                 continue
             self._report(backup)
             return
+
+    def _set_aside(self, backup, err):
+        """Report an unreadable backup in one line and rename it out of the way, never delete
+        it: DIR/checkpoints/<folder>.unreadable-epoch-NNNNN (in a multi-worker run, the chief's
+        to do)."""
+        aside = self.folder.with_name(f"{self.folder.name}.unreadable-{backup.name}")
+        for n in range(2, 1000):
+            if not aside.exists():
+                break
+            aside = aside.with_name(f"{self.folder.name}.unreadable-{backup.name}-{n}")
+        moved = ""
+        if tf.distribute.get_strategy().extended.should_checkpoint:
+            backup.rename(aside)
+            moved = f"; kept as {aside}"
+        print(f"checkpoint: {backup} cannot be read ({_one_line(err)}){moved}",
+              file=sys.stderr)
 
     def _restore(self, backup):
         """Load one backup into the model, or leave the model exactly as it was and raise."""
@@ -262,17 +307,20 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return
         epoch = self._current_epoch
         final = self.folder / f"epoch-{epoch:05d}"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {"epoch": epoch, "history": self.history, "epoch_seconds": self.epoch_seconds}
+        text = json.dumps(state)
         tmp = outputs.temporary_name(final)
-        tmp.mkdir()
-        try:
-            self.model.save_weights(tmp / WEIGHTS_FILE)
-            state = {"epoch": epoch, "history": self.history, "epoch_seconds": self.epoch_seconds}
-            (tmp / STATE_FILE).write_text(json.dumps(state))
-            outputs.replace_folder(tmp, final)
-        finally:
-            if tmp.exists():
-                outputs.remove_tree(tmp)
+        # Checked for room first: h5py can crash on a full disk rather than raise.
+        with outputs.writing(final, outputs.weights_bytes(self.model, True) + len(text)):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            try:
+                self.model.save_weights(tmp / WEIGHTS_FILE)
+                (tmp / STATE_FILE).write_text(text)
+                outputs.replace_folder(tmp, final)
+            finally:
+                if tmp.exists():
+                    outputs.remove_tree(tmp)
         for old in sorted(self.folder.glob("epoch-*"), reverse=True)[KEPT_BACKUPS:]:
             outputs.remove_tree(old)
 

@@ -110,7 +110,10 @@ def test_a_damaged_newest_backup_is_reported_and_the_one_before_is_used(tmp_path
     _, fitted = train(folder, 4, [counter])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2, err
-    assert err[0].startswith(f"checkpoint: {newest} cannot be read (") and "skipped" in err[0]
+    # Reported and kept aside, never deleted: the run whose backup it is may still want it.
+    aside = tmp_path / "ckpt.unreadable-epoch-00003"
+    assert err[0].startswith(f"checkpoint: {newest} cannot be read (")
+    assert err[0].endswith(f"; kept as {aside}") and aside.is_dir()
     assert "tiny resumes after epoch 2 of 4" in err[1]
     assert counter.trained == [3, 4]
     _, reference = uninterrupted(4, tmp_path)
@@ -129,6 +132,8 @@ def test_when_no_backup_can_be_read_training_starts_fresh(tmp_path, capsys):
     _, fitted = train(folder, 3, [counter])
     err = capsys.readouterr().err
     assert err.count("cannot be read") == 2 and "resumes" not in err
+    assert sorted(p.name for p in tmp_path.glob("ckpt.unreadable-*")) == [
+        "ckpt.unreadable-epoch-00001", "ckpt.unreadable-epoch-00002"]
     assert counter.trained == [1, 2, 3]
     # A failed load leaves no half-loaded weights behind: the run is exactly a fresh one.
     _, reference = uninterrupted(3, tmp_path)
@@ -136,7 +141,7 @@ def test_when_no_backup_can_be_read_training_starts_fresh(tmp_path, capsys):
 
 
 def test_a_backup_half_written_by_a_killed_run_is_ignored_and_cleaned_up(tmp_path, capsys):
-    folder = tmp_path / "ckpt"
+    folder = tmp_path / "checkpoints" / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         train(folder, 3, [KillAfterEpoch(2)])
     # What a kill during the backup of epoch 3 leaves: a temporary folder of a dead process.
@@ -150,7 +155,7 @@ def test_a_backup_half_written_by_a_killed_run_is_ignored_and_cleaned_up(tmp_pat
     train(folder, 3, [counter])
     assert "resumes after epoch 2 of 3" in capsys.readouterr().err
     assert counter.trained == [3]
-    outputs.remove_stale_temporaries(tmp_path)
+    outputs.remove_stale_temporaries(tmp_path / "checkpoints")
     assert not partial.exists()
 
 
@@ -215,6 +220,19 @@ def test_an_exploding_finite_loss_counts_as_divergence(tmp_path):
         fit(model, X, y=Y, epochs=3, batch_size=1, backup_dir=tmp_path / "ckpt", verbose=0)
     assert "rose to" in str(caught.value) and caught.value.epoch == 1
     assert backups(tmp_path / "ckpt") == []
+
+
+def test_a_loss_already_exploded_when_first_logged_is_judged_against_the_untrained_model(
+        tmp_path):
+    # With several steps per execution the callbacks first see the loss after all of them: at a
+    # huge learning rate it has exploded by then, so it cannot be the reference. The loss of the
+    # model before its first step is.
+    model = tiny_model(learning_rate=3.0)
+    model.compile(optimizer=keras.optimizers.SGD(3.0), loss="mse", steps_per_execution=8)
+    with pytest.raises(Diverged) as caught:
+        fit(model, X, y=Y, epochs=3, batch_size=1, backup_dir=tmp_path / "ckpt", verbose=0)
+    assert "times the" in str(caught.value) and "of the untrained model" in str(caught.value)
+    assert caught.value.epoch == 1 and backups(tmp_path / "ckpt") == []
 
 
 def test_a_non_finite_validation_loss_counts_as_divergence(tmp_path):
