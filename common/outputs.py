@@ -181,7 +181,7 @@ def _check_folder(folder, out):
         raise UsageError(f"output folder {out} cannot be written ({reason})")
 
     existing = folder
-    while not existing.exists() and not existing.is_symlink():
+    while not os.path.lexists(existing):  # (False, not an error, for a name too long)
         existing = existing.parent
     if existing.is_symlink() and not existing.exists():
         refuse(f"{existing} is a broken link")
