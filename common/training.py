@@ -150,6 +150,9 @@ def untrained_loss(model, inputs, targets=None, rows=256):
     pipeline of (inputs, targets) batches, or arrays with their `targets`. (`fit` prefers the
     validation data: reading a batch of a shuffled training pipeline would move its shuffling
     on by an epoch.)"""
+    # Evaluating draws from the layers' seed generators (the VAE samples z); put their states
+    # back, so that training draws exactly what it would have drawn without this look.
+    states = [(v, np.array(v)) for v in model.non_trainable_variables]
     if isinstance(inputs, tf.data.Dataset):
         scores = model.evaluate(_sharded_by_batch(inputs.take(1)), verbose=0, return_dict=True)
     else:
@@ -157,6 +160,8 @@ def untrained_loss(model, inputs, targets=None, rows=256):
         inputs = tuple(x[first] for x in inputs) if isinstance(inputs, tuple) else inputs[first]
         targets = None if targets is None else targets[first]
         scores = model.evaluate(inputs, targets, verbose=0, return_dict=True)
+    for variable, value in states:
+        variable.assign(value)
     return float(scores["loss"])
 
 

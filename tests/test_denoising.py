@@ -92,7 +92,7 @@ def test_baseline_filters_each_image_alone_and_is_chosen_by_psnr(dae_lesson):
     (["--noise", "masking", "--noise-factor", "1.5"],
      "--noise-factor: must be a fraction in [0, 1] for --noise masking, got '1.5'"),
     (["--learning-rate", "0"], "--learning-rate: must be a positive number, got '0'"),
-    (["--seed", "-1"], "--seed: must be an integer >= 0, got '-1'"),
+    (["--seed", "-1"], "--seed: must be an integer from 0 to 4294967295, got '-1'"),
     (["--data", "no/such/mnist.npz"], "no such file: no/such/mnist.npz"),
     (["--out", None], "cannot be written"),
 ])
