@@ -130,9 +130,14 @@ def checkpoint_folder(backup_dir, model):
     return pathlib.Path(backup_dir)
 
 
+# Compile settings that change how training runs, not what it computes: a multi-worker run
+# takes one step per execution where a single process takes 32, and resumes the same backups.
+HOW_NOT_WHAT = ("steps_per_execution", "jit_compile", "run_eagerly")
+
+
 def architecture_fingerprint(model):
     """A hash of what `get_config` says of the model and every layer in it, and of its compile
-    configuration (optimizer, loss, metrics). Layer names are replaced by their order of
+    configuration (optimizer, loss, metrics; not HOW_NOT_WHAT). Layer names are replaced by their order of
     appearance, so the hash does not depend on how many models this process built before."""
     import keras
 
@@ -158,8 +163,9 @@ def _collect_names(value, names):
 
 
 def _renamed(value, names):
+    """`value` with the names replaced, and without the keys HOW_NOT_WHAT."""
     if isinstance(value, dict):
-        return {k: _renamed(v, names) for k, v in value.items()}
+        return {k: _renamed(v, names) for k, v in value.items() if k not in HOW_NOT_WHAT}
     if isinstance(value, (list, tuple)):
         return [_renamed(v, names) for v in value]
     if isinstance(value, str):
