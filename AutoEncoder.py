@@ -343,6 +343,9 @@ def draw_figures(dataset, test_inputs, rebuilt, results, args, folder):
                           f"{title}\ntest digits and their reconstructions")
     swept = ("" if args.sweep else
              f"\n(autoencoders at code size {args.code_dim} only; --sweep for all sizes)")
+    images = min(len(dataset.x_train), len(dataset.x_test))
+    if max(SWEEP_CODE_DIMS) > images:  # PCA cannot have more components than images
+        swept += f"\n(no code sizes above {images}, the number of training or test images)"
     plot_compression_curve(results, folder / "ae_compression_curve.png",
                            f"{data.TITLES[args.dataset]}: test reconstruction error against code "
                            f"size{swept}")

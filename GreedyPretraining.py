@@ -162,7 +162,9 @@ def greedy_pretrain(pairs, images, args, backup_dir, log_dir=lambda name: None,
                               backup_dir=backup_dir(stage.name), log_dir=log_dir(stage.name),
                               callbacks=callbacks(stage.name))
         stages.append(Stage(stage.name, encoder_layer.name, inputs, fitted))
-        inputs = ops.convert_to_numpy(encoder_layer(inputs))  # the next stage's training data
+        # The next stage's training data, in float32 as its Input (under --mixed-precision the
+        # hidden layers compute in bfloat16, which DLPack, and so data.batches, cannot take).
+        inputs = ops.convert_to_numpy(ops.cast(encoder_layer(inputs), "float32"))
     return stages
 
 
@@ -260,9 +262,15 @@ def plot_curves(results, stages, args, path, title):
         ax.set_yscale("log")
         low = min(min(c) for c in curves.values())
         high = max(max(c) for c in curves.values())
+        pad = max((high / low) ** 0.04, 1.005)  # 4% of the log range; a tick must not stretch it
+        bottom, top = low / pad, high * pad
+        ax.set_ylim(bottom, top)
         ticks = [t for t in (50, 60, 70, 80, 100, 120, 150, 200, 300, 500, 700, 1000, 2000)
-                 if low * 0.9 <= t <= high * 1.1]
-        ax.set_yticks(ticks, [str(t) for t in ticks])
+                 if bottom <= t <= top]
+        if len(ticks) < 2:  # a narrow range (a short run): evenly spaced round numbers instead
+            ticks = [t for t in ticker.MaxNLocator(4).tick_values(bottom, top)
+                     if bottom <= t <= top]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set(title=title, xlabel="epoch of end-to-end training (0: before the first)",

@@ -43,21 +43,24 @@ ACTIVE_THRESHOLD = 0.1     # a unit is active on an image when h_j(x) > 0.1
 ALWAYS_ON_THRESHOLD = 0.9  # a unit never below 0.9 on any test image is always on
 SHOWN_UNITS = 64           # encoder features drawn per model, as an 8 x 8 grid
 _EPSILON = 1e-7            # keeps log(rho_hat), log(1 - rho_hat) finite for a unit stuck at 0 or 1
+MAX_HIDDEN = 10_000        # code units, 13 per pixel: 1.8 GB to train on the offline sample
 
 
 def parse_args(argv=None):
     parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=64,
                              learning_rate=3e-3)
     lesson = parser.add_argument_group("this lesson")
-    lesson.add_argument("--hidden", type=cli.positive_int, default=196,
-                        help="code units (sigmoid); above 784 the code is overcomplete")
+    lesson.add_argument("--hidden", default=196,
+                        type=cli.at_most(MAX_HIDDEN, "the largest code this lesson trains"),
+                        help=f"code units (sigmoid), at most {MAX_HIDDEN:,}; above 784 the code is "
+                             "overcomplete")
     lesson.add_argument("--penalty", choices=("kl", "l1", "none"), default="kl",
                         help="the sparsity penalty; the same network is also trained with none")
     lesson.add_argument("--rho", type=probability, default=0.05,
                         help="KL penalty: target mean activation of every code unit")
-    lesson.add_argument("--beta", type=cli.nonnegative_float, default=3.0,
+    lesson.add_argument("--beta", type=cli.penalty_weight, default=3.0,
                         help="KL penalty: its weight")
-    lesson.add_argument("--l1", type=cli.nonnegative_float, default=1e-4,
+    lesson.add_argument("--l1", type=cli.penalty_weight, default=1e-4,
                         help="L1 penalty: its weight")
     lesson.add_argument("--binarize", choices=data.BINARIZATIONS, default="none",
                         help="how grey pixels become targets; none keeps the grey levels")
@@ -73,6 +76,9 @@ def probability(text):
     if value is None or not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), "
                                          f"got {text!r}")
+    if value < cli.FLOAT32_TINY:  # float32 would make it 0, and the KL penalty 0 * log 0
+        raise argparse.ArgumentTypeError(f"must be at least {cli.FLOAT32_TINY:.3g} (float32's "
+                                         f"smallest normal number), got {text!r}")
     return value
 
 

@@ -268,6 +268,8 @@ def plot_psnr_vs_noise(sweep, noise_model, trained_factor, path, title):
                                   ("baseline_psnr_db", "baseline (filter tuned per level)", "s--"),
                                   ("noisy_psnr_db", "noisy input", "^:")):
             ax.plot(factors, [level[key] for level in sweep], style, label=label)
+        if max(factors) / min(factors) > 50:  # a --noise-factor far outside the sweep's levels
+            ax.set_xscale("log")
         ax.axvline(trained_factor, color="grey", linewidth=1, alpha=0.6)
         ax.annotate("trained here", (trained_factor, 0.02), xycoords=("data", "axes fraction"),
                     xytext=(4, 0), textcoords="offset points", color="grey")

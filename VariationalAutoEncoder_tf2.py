@@ -37,6 +37,8 @@ HIDDEN_UNITS = 512        # the MLP's hidden layer: 784-512-latent and back
 CONV_FILTERS = (32, 64)   # the conv encoder's two stride-2 layers: 28 -> 14 -> 7
 CONV_DENSE_UNITS = 128    # the conv encoder's dense layer before z_mean and z_log_var
 TRAVERSED_DIMENSIONS = 8  # a latent space wider than 2 is drawn as traversals of its busiest 8
+MAX_LATENT_DIM = 784      # no more latent dimensions than pixels: z is a code of the image
+MAX_IWAE_SAMPLES = 10_000  # k for the IWAE estimate; Burda et al. used 5,000
 
 
 def parse_args(argv=None):
@@ -45,14 +47,18 @@ def parse_args(argv=None):
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                         help="dense (784-512-latent) or convolutional encoder and decoder")
-    lesson.add_argument("--latent-dim", type=cli.positive_int, default=2,
-                        help="size of z; 2 gives a latent space you can draw")
-    lesson.add_argument("--beta", type=cli.nonnegative_float, default=1.0,
+    lesson.add_argument("--latent-dim", default=2,
+                        type=cli.at_most(MAX_LATENT_DIM, "the pixels of an image"),
+                        help=f"size of z, 1 to {MAX_LATENT_DIM}; 2 gives a latent space you can "
+                             "draw, 1 a strip")
+    lesson.add_argument("--beta", type=cli.penalty_weight, default=1.0,
                         help="weight of the KL term; beta > 1 is the beta-VAE")
     lesson.add_argument("--binarize", choices=data.BINARIZATIONS, default="dynamic",
                         help="how grey pixels become Bernoulli targets")
-    lesson.add_argument("--iwae-samples", type=cli.positive_int, default=100,
-                        help="importance samples k for the test -log p(x) estimate")
+    lesson.add_argument("--iwae-samples", default=100,
+                        type=cli.at_most(MAX_IWAE_SAMPLES, "twice the 5,000 of Burda et al."),
+                        help=f"importance samples k for the test -log p(x) estimate, at most "
+                             f"{MAX_IWAE_SAMPLES:,}")
     return parser.parse_args(argv)
 
 
@@ -194,10 +200,13 @@ def draw_figures(decoder, dataset, test_inputs, z_mean, args, folder):
              f"({args.arch}, latent {args.latent_dim}, beta {args.beta:g})")
     plots.plot_latent_scatter(z_mean, dataset.y_test, folder / "vae_latent_scatter.png", title,
                               dataset.class_names, seed=args.seed)
-    # The manifold: a grid over a 2-D latent space, or traversals of the busiest dimensions.
-    if args.latent_dim == 2:
+    # The manifold: a row over a 1-D latent space, a grid over a 2-D one, or traversals of the
+    # busiest dimensions of a wider one.
+    if args.latent_dim <= 2:
+        shape = "row" if args.latent_dim == 1 else "grid"
         plots.plot_manifold(decode_images, folder / "vae_manifold.png",
-                            f"{title}\ndecoded grid of z at Gaussian quantiles")
+                            f"{title}\ndecoded {shape} of z at Gaussian quantiles",
+                            latent_dim=args.latent_dim)
     else:
         busiest = np.argsort(np.var(z_mean, axis=0))[::-1][:TRAVERSED_DIMENSIONS]
         plots.plot_latent_traversals(decode_images, busiest, args.latent_dim,

@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 
+import numpy as np
+
 from common import outputs
 from common import runtime
 from common.data import DATASETS
@@ -53,12 +55,45 @@ def seed(text):
     return _number(text, int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}")
 
 
+# The models compute in float32: a number above its largest one would be infinite there, and a
+# non-zero one below its smallest normal one would vanish (a learning rate of 1e-40 is 0).
+FLOAT32_MAX = float(np.finfo(np.float32).max)    # about 3.4e38
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # about 1.2e-38
+
+
 def nonnegative_float(text):
-    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+    return _in_float32(_number(text, float, lambda v: v >= 0, "a number >= 0"), text)
 
 
 def positive_float(text):
-    return _number(text, float, lambda v: v > 0, "a positive number")
+    return _in_float32(_number(text, float, lambda v: v > 0, "a positive number"), text)
+
+
+# A larger weight on a penalty (--beta, --l1, --lambda) can overflow float32 in Adam, which
+# squares each gradient: 1e30 diverges. Beyond 1e6 the penalty has long drowned the rest.
+MAX_PENALTY_WEIGHT = 1e6
+
+
+def penalty_weight(text):
+    """An argparse type: the weight of a term of the loss, from 0 to MAX_PENALTY_WEIGHT."""
+    value = nonnegative_float(text)
+    if value > MAX_PENALTY_WEIGHT:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_PENALTY_WEIGHT:g} (a larger weight overflows float32 "
+            f"gradients), got {text!r}")
+    return value
+
+
+def at_most(limit, why, kind=positive_int):
+    """An argparse type: a value of type `kind` no larger than `limit`; `why` says why."""
+    def checked(text):
+        value = kind(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {text!r}")
+        return value
+
+    checked.__name__ = kind.__name__
+    return checked
 
 
 def output_folder(text):
@@ -76,6 +111,10 @@ def existing_file(text):
     return path
 
 
+# TensorFlow's sizes overflow beyond 64 bits; this is far beyond any training set.
+MAX_BATCH_SIZE = 2**31 - 1
+
+
 def base_parser(script_path, description, epochs, batch_size, learning_rate):
     """The flags every lesson shares, with its defaults; a lesson adds its own."""
     script_path = pathlib.Path(script_path)
@@ -84,7 +123,9 @@ def base_parser(script_path, description, epochs, batch_size, learning_rate):
     shared = parser.add_argument_group("shared by every lesson")
     shared.add_argument("--epochs", type=positive_int, default=epochs,
                         help="passes over the training set")
-    shared.add_argument("--batch-size", type=positive_int, default=batch_size,
+    shared.add_argument("--batch-size", default=batch_size,
+                        type=at_most(MAX_BATCH_SIZE, "a batch above the training set's size is "
+                                                     "the whole set"),
                         help="examples per gradient step")
     shared.add_argument("--learning-rate", type=positive_float, default=learning_rate,
                         help="Adam's step size")
@@ -190,6 +231,13 @@ def _silence_stdout():
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def _in_float32(value, text):
+    if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:
+        raise argparse.ArgumentTypeError(f"must lie within float32's range ({FLOAT32_TINY:.3g} "
+                                         f"to {FLOAT32_MAX:.3g}), got {text!r}")
+    return value
 
 
 def _number(text, kind, valid, what):

@@ -20,16 +20,20 @@ from common.layers import kl_divergence
 from common.losses import bernoulli_nll
 
 LOG_2PI = math.log(2.0 * math.pi)
+POINTS_PER_CALL = 10_000  # latent points decoded at once: (10,000, 784) logits, 31 MB
 
 
-def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chunk=100):
+def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chunk=None):
     """Negative ELBO, its two terms and the k-sample IWAE estimate of -log p(x), in nats.
 
     x: (N, ...) targets in [0, 1] (binary for a true log-likelihood); z_mean, z_log_var: (N, d)
     from the encoder. decode_logits(z, rows) maps latent points z, shape (M, d), drawn for the
     examples x[rows], to pixel logits of shape (M, ...). Examples are processed `chunk` at a
-    time, each chunk's chunk * samples latent points decoded in one call.
+    time, each chunk's chunk * samples latent points decoded in one call; by default 100
+    examples, fewer for k > 100 so that a call decodes at most POINTS_PER_CALL points (the
+    draws, and so the numbers, do not depend on the chunk).
     """
+    chunk = chunk or min(100, max(1, POINTS_PER_CALL // samples))
     rng = np.random.default_rng(seed)
     n, d = z_mean.shape
     x = x.reshape(n, -1).astype(np.float32)

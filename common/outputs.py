@@ -137,8 +137,9 @@ HOW_NOT_WHAT = ("steps_per_execution", "jit_compile", "run_eagerly")
 
 def architecture_fingerprint(model):
     """A hash of what `get_config` says of the model and every layer in it, and of its compile
-    configuration (optimizer, loss, metrics; not HOW_NOT_WHAT). Layer names are replaced by their order of
-    appearance, so the hash does not depend on how many models this process built before."""
+    configuration (optimizer, loss, metrics; not HOW_NOT_WHAT). Layer names are replaced by
+    their order of appearance, so the hash does not depend on how many models this process
+    built before."""
     import keras
 
     config = {"model": keras.saving.serialize_keras_object(model)}

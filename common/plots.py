@@ -50,12 +50,18 @@ def plot_latent_scatter(codes, labels, path, title, class_names, name="z_mean", 
     """Scatter of codes coloured by class, with a labelled colour bar.
 
     2-D codes are drawn as they are; wider ones by their first two principal components (a PCA
-    fitted on the points shown), the 2-D view that keeps the most of their variance.
+    fitted on the points shown), the 2-D view that keeps the most of their variance; 1-D codes
+    as a histogram above one strip per class (`plot_latent_strip`).
     """
     codes, labels = codes[:max_points], labels[:max_points]
-    if codes.shape[1] == 2:
-        points, axes = codes, (f"{name}[0]", f"{name}[1]")
-        what = f"{name} of {len(codes):,} test images"
+    if codes.shape[1] == 1:
+        plot_latent_strip(codes[:, 0], labels, path, title, class_names, name, note, seed)
+        return
+    if codes.shape[1] == 2 or len(codes) < 2:  # PCA needs two points: one is drawn as it is
+        points, axes = codes[:, :2], (f"{name}[0]", f"{name}[1]")
+        what = (f"{name} of {len(codes):,} test image{'s' * (len(codes) > 1)}"
+                if codes.shape[1] == 2 else
+                f"{name}[0] and {name}[1] of {len(codes)} test image (too few for a PCA)")
     else:
         points = PCA(n_components=2, random_state=seed).fit_transform(codes)
         axes = ("principal component 1", "principal component 2")
@@ -72,11 +78,38 @@ def plot_latent_scatter(codes, labels, path, title, class_names, name="z_mean", 
         save_figure(fig, path)
 
 
-def plot_manifold(decode, path, title, n=20):
+def plot_latent_strip(values, labels, path, title, class_names, name="z_mean", note="", seed=0):
+    """1-D codes: a histogram stacked by class above one strip per class (jittered vertically,
+    with a seed), both on the same axis of code values and in the scatter's class colours."""
+    colours = plt.get_cmap("tab10")(np.arange(len(class_names)))
+    classes = np.arange(len(class_names))
+    jitter = np.random.default_rng(seed).uniform(-0.3, 0.3, len(values))
+    with plt.style.context(STYLE):
+        fig, (top, strip) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, layout="constrained",
+                                         gridspec_kw={"height_ratios": (1, 2)})
+        top.hist([values[labels == c] for c in classes], bins=np.histogram_bin_edges(values, 40),
+                 stacked=True, color=colours, label=class_names)
+        top.set(ylabel="test images",
+                title=f"{title}\n{name}[0] of {len(values):,} test images, by class{note}")
+        strip.scatter(values, labels + jitter, c=colours[labels], s=6, alpha=0.8, linewidths=0)
+        strip.set_yticks(classes, class_names)
+        for tick, colour in zip(strip.get_yticklabels(), colours):
+            tick.set_color(colour)
+        strip.set(xlabel=f"{name}[0]", ylabel="class", ylim=(len(classes) - 0.5, -0.5))
+        for ax in (top, strip):
+            ax.grid(alpha=0.3)
+        save_figure(fig, path)
+
+
+def plot_manifold(decode, path, title, n=20, latent_dim=2):
     """Decode an n x n grid of 2-D latent points at Gaussian quantiles, in one batch, and tile it.
 
-    Row r, column c shows z = (q[c], q[n - 1 - r]), so z[1] grows upwards as on a plot.
+    Row r, column c shows z = (q[c], q[n - 1 - r]), so z[1] grows upwards as on a plot. A 1-D
+    latent space (latent_dim=1) is drawn as one row, `plot_manifold_row`.
     """
+    if latent_dim == 1:
+        plot_manifold_row(decode, path, title, n)
+        return
     values = gaussian_quantiles(n)
     z0, z1 = np.meshgrid(values, values[::-1])
     grid = np.stack([z0.ravel(), z1.ravel()], axis=1)
@@ -90,6 +123,21 @@ def plot_manifold(decode, path, title, n=20):
         ax.set_xticks(ticks[shown], [f"{v:.2f}" for v in values[shown]])
         ax.set_yticks(ticks[shown], [f"{v:.2f}" for v in values[::-1][shown]])
         ax.set(title=title, xlabel="z[0]", ylabel="z[1]")
+        save_figure(fig, path)
+
+
+def plot_manifold_row(decode, path, title, n=20):
+    """Decode n points of a 1-D latent space at Gaussian quantiles, in one batch: one row."""
+    values = gaussian_quantiles(n)
+    images = decode(values[:, None])
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots(figsize=(n * 0.75, 2.4))
+        ax.imshow(tile(images, 1, n), vmin=0, vmax=1)
+        step = images.shape[1] + 1
+        shown = np.arange(0, n, max(1, n // 5))
+        ax.set_xticks(shown * step + step / 2 - 1, [f"{values[i]:.2f}" for i in shown])
+        ax.set_yticks([])
+        ax.set(title=title, xlabel="z[0]")
         save_figure(fig, path)
 
 
