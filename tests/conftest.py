@@ -76,6 +76,19 @@ def tiny_run(lessons, small_mnist_npz, tmp_path_factory):
     return tiny
 
 
+@pytest.fixture(scope="session")
+def tiny_autoencoder_sweep(lessons, tiny_run):
+    """The AutoEncoder lesson's tiny run with --sweep, over code sizes 2 and 4 only: the sweep's
+    path is tested at little cost."""
+    lesson = lessons["AutoEncoder"]
+    sweep = lesson.SWEEP_CODE_DIMS
+    lesson.SWEEP_CODE_DIMS = (2, 4)
+    try:
+        return tiny_run("AutoEncoder", "--sweep")
+    finally:
+        lesson.SWEEP_CODE_DIMS = sweep
+
+
 def assert_figure(path, min_width=300, min_height=150):
     """A PNG that shows something: at least this many pixels, and not one flat colour."""
     import matplotlib.image

@@ -29,14 +29,8 @@ def lesson(lessons):
 
 
 @pytest.fixture(scope="module")
-def tiny(lesson, tiny_run):
-    # A short sweep (code sizes 2 and 4) keeps the sweep's path in the test at little cost.
-    sweep = lesson.SWEEP_CODE_DIMS
-    lesson.SWEEP_CODE_DIMS = (2, 4)
-    try:
-        return tiny_run(NAME, "--sweep")
-    finally:
-        lesson.SWEEP_CODE_DIMS = sweep
+def tiny(tiny_autoencoder_sweep):
+    return tiny_autoencoder_sweep
 
 
 @pytest.mark.parametrize("argv, message", [

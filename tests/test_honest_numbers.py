@@ -128,15 +128,8 @@ def test_the_offline_sample_splits_into_disjoint_train_and_test_images():
 # reported number on the test codes; on the training codes it gives another one.
 
 @pytest.fixture(scope="module")
-def autoencoder_run(lessons, tiny_run):
-    # The run of tests/test_autoencoder.py, with its short sweep (code sizes 2 and 4): shared.
-    lesson = lessons[AE]
-    sweep = lesson.SWEEP_CODE_DIMS
-    lesson.SWEEP_CODE_DIMS = (2, 4)
-    try:
-        return tiny_run(AE, "--sweep")
-    finally:
-        lesson.SWEEP_CODE_DIMS = sweep
+def autoencoder_run(tiny_autoencoder_sweep):
+    return tiny_autoencoder_sweep  # the run of tests/test_autoencoder.py, shared
 
 
 def probe_accuracies(train_codes, test_codes, dataset):
