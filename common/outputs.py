@@ -147,8 +147,13 @@ def architecture_fingerprint(model):
         config["compile"] = model.get_compile_config()
     names = {}
     _collect_names(config, names)
-    text = json.dumps(_renamed(config, names), sort_keys=True, default=repr)
+    text = json.dumps(_renamed(config, names), sort_keys=True, default=_by_name)
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _by_name(value):
+    """What JSON cannot hold, by its name: never a repr that holds a memory address."""
+    return getattr(value, "__qualname__", None) or type(value).__qualname__
 
 
 def _collect_names(value, names):
