@@ -109,7 +109,7 @@ class OutputPaths:
 
 class Checkpoint:
     """The checkpoint folder of one model of one run, DIR/checkpoints/<Script>-<model>-<hash>:
-    the hash covers the run's settings and data (`run_identity`) and the model's architecture
+    the hash covers the run's settings and data (`settings_digest`) and the model's architecture
     and compile configuration (`architecture_fingerprint`)."""
 
     def __init__(self, paths, model_name):
