@@ -233,7 +233,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         self.history, self.epoch_seconds = {}, []
         self.model._initial_epoch = 0
-        for backup in sorted(self.folder.glob("epoch-*"), reverse=True):
+        for backup in self._backups():
             try:
                 self._restore(backup)
             except Exception as err:  # noqa: BLE001 - any unreadable backup is set aside
@@ -241,6 +241,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             self._report(backup)
             return
+
+    def _backups(self):
+        """The epoch folders, newest first (by number: epoch-100000 comes after epoch-99999)."""
+        found = [p for p in self.folder.glob("epoch-*") if p.name[6:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[6:]), reverse=True)
 
     def _set_aside(self, backup, err):
         """Report an unreadable backup in one line and rename it out of the way, never delete
@@ -326,7 +331,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             finally:
                 if tmp.exists():
                     outputs.remove_tree(tmp)
-        for old in sorted(self.folder.glob("epoch-*"), reverse=True)[KEPT_BACKUPS:]:
+        for old in self._backups()[KEPT_BACKUPS:]:
             outputs.remove_tree(old)
 
     def on_train_end(self, logs=None):

@@ -239,3 +239,12 @@ def test_a_non_finite_validation_loss_counts_as_divergence(tmp_path):
     with pytest.raises(Diverged, match="val_loss became nan"):
         train(tmp_path / "ckpt", 2, validation_data=(X, np.full_like(Y, np.nan)))
     assert backups(tmp_path / "ckpt") == []
+
+
+def test_backups_are_ordered_by_epoch_number_past_five_digits(tmp_path):
+    from common.training import ResumableBackup
+
+    for name in ("epoch-99999", "epoch-100000", "epoch-00007", "epoch-notes"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in ResumableBackup(tmp_path)._backups()] == [
+        "epoch-100000", "epoch-99999", "epoch-00007"]
