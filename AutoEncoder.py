@@ -1,10 +1,12 @@
-"""Undercomplete and deep autoencoders on MNIST, measured against PCA, in Keras 3 on TensorFlow 2.
+r"""Undercomplete and deep autoencoders on MNIST, measured against PCA, in Keras 3 on TensorFlow 2.
 
 An undercomplete autoencoder squeezes each image x through a code h = f(x) smaller than x and
 learns to rebuild it, x_hat = g(h). Nothing else stops it from copying, so the narrow code is
 the whole lesson: to rebuild 784 pixels from 32 numbers it must keep what varies across digits.
 
     minimise  E_x || x - g(f(x)) ||^2     (or the cross-entropy of x under x_hat)
+    $$ \min\ \mathbb{E}_x \|x - g(f(x))\|^2 \quad
+       \text{(or the cross-entropy of } x \text{ under } \hat{x}) $$
 
 PCA is the reference: no rank-k linear map rebuilds the data with a smaller squared error. A
 *linear* autoencoder can at best match it, and finds the same subspace (Baldi and Hornik, 1989);
@@ -118,6 +120,7 @@ def training_inputs(dataset, args):
 
 
 # -- Models: encoder f(x) -> code h, decoder g(h) -> x_hat, autoencoder g(f(x)) -------------------
+# $$ h = f(x), \quad \hat{x} = g(h) = g(f(x)) $$
 # PCA, the reference, is x_hat = mean + V V^T (x - mean), V the top-k eigenvectors of the training
 # covariance (scikit-learn fits it in closed form). Every autoencoder is an encoder and a decoder
 # sub-model joined by the functional API, so the code of any image is `encoder(images)`. The
@@ -199,6 +202,8 @@ def build_models(code_dim):
 
 
 # -- Loss: ||x - x_hat||^2 / 784 for the linear model; -sum_i [x_i log x_hat_i + ...] for others --
+# $$ \tfrac{1}{784} \|x - \hat{x}\|^2 \ \text{(linear)}, \quad
+#    -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] \ \text{(others)} $$
 # The linear model trains on the squared error per pixel, the loss under which it matches PCA.
 # The shallow and deep ones train on the binary cross-entropy from the decoder's logits, summed
 # over the 784 pixels: nats per image (a Bernoulli log-likelihood with binary pixels, a

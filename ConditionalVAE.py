@@ -1,4 +1,4 @@
-"""Conditional variational autoencoder (CVAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Conditional variational autoencoder (CVAE) on MNIST, in Keras 3 on TensorFlow 2.
 
 A plain VAE draws random digits: you cannot ask it for a 7. A CVAE gives the one-hot label y to
 both networks, the encoder q(z | x, y) and the decoder p(x | z, y), while the prior stays
@@ -6,6 +6,8 @@ p(z) = N(0, I). The label then says which digit to draw and z is left with the s
 stroke width, loops). It is trained by maximising the conditional evidence lower bound:
 
     log p(x | y) >= E_q(z|x,y)[log p(x | z, y)] - KL(q(z | x, y) || p(z))
+    $$ \log p(x \mid y) \ge \mathbb{E}_{q(z \mid x, y)}[\log p(x \mid z, y)]
+       - \mathrm{KL}\big(q(z \mid x, y) \,\|\, p(z)\big) $$
 
 To draw a digit d, decode z ~ N(0, I) with y = d. The lesson then checks that the label is
 obeyed: an independent judge, a small CNN trained here on real digits, labels hundreds of
@@ -116,6 +118,7 @@ def one_hot(labels):
 
 
 # -- Encoder: q(z | x, y) = N(z_mean(x, y), diag(exp(z_log_var(x, y)))) -------------------------
+# $$ q(z \mid x, y) = \mathcal{N}\big(\mu(x, y), \mathrm{diag}(e^{\log \sigma^2(x, y)})\big) $$
 # Two inputs. The image's features are concatenated with the one-hot label before the last hidden
 # layer, so the encoder knows which digit it is looking at and need not spend z on saying so.
 # The layers that feed the loss stay float32 under --mixed-precision, as in the VAE lesson.
@@ -141,6 +144,7 @@ def build_encoder(arch, latent_dim):
 
 
 # -- Decoder: p(x | z, y) = prod_i Bernoulli(x_i; sigmoid(l_i(z, y))) ----------------------------
+# $$ p(x \mid z, y) = \prod_i \mathrm{Bernoulli}\big(x_i; \sigma(l_i(z, y))\big) $$
 # Two inputs, the style z and the one-hot label, concatenated. It returns logits; a sigmoid turns
 # them into the grey images (Bernoulli means) that we draw and that the judge labels.
 
@@ -176,6 +180,7 @@ def build_cvae(encoder, decoder, beta, seed):
 
 
 # -- Loss: -log p(x | z, y) + beta * KL, in nats per image ----------------------------------------
+# $$ -\log p(x \mid z, y) + \beta\, \mathrm{KL}\big(q(z \mid x, y) \,\|\, p(z)\big) $$
 # The Bernoulli negative log-likelihood from logits, summed over the 784 pixels, plus the KL that
 # the Sampling layer adds: the negative conditional ELBO, printed beside its two parts.
 
@@ -209,6 +214,7 @@ def evaluate_elbo(decoder, test_inputs, test_labels, z_mean, z_log_var, args):
 
 
 # -- The judge: p(y | x), an independent digit classifier -----------------------------------------
+# $$ p(y \mid x) $$
 # A small CNN trained on the real, grey training digits. It never sees a generated digit while it
 # trains, so its verdict on them is an outside opinion; its accuracy on the real test digits is
 # the ceiling the conditional accuracy can reach.

@@ -1,4 +1,4 @@
-"""Contractive autoencoder (CAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Contractive autoencoder (CAE) on MNIST, in Keras 3 on TensorFlow 2.
 
 A contractive autoencoder (Rifai et al., 2011) asks its code h(x) to be insensitive to the input:
 moving x a little should barely move h, except along the directions that the reconstruction
@@ -7,6 +7,7 @@ squared Frobenius norm of the Jacobian of the code with respect to the input, wh
 units h = s(W x + b), with dh_j / dx_i = h_j (1 - h_j) W_ji, has a closed form:
 
     lambda * ||J_h(x)||_F^2 = lambda * sum_j (h_j (1 - h_j))^2 * sum_i W_ji^2
+    $$ \lambda \|J_h(x)\|_F^2 = \lambda \sum_j \big(h_j (1 - h_j)\big)^2 \sum_i W_{ji}^2 $$
 
 one matrix-vector product per batch instead of a 196 x 784 Jacobian per image. The lesson
 trains the same network with lambda and with lambda = 0, from the same initial weights and
@@ -76,11 +77,14 @@ def main(argv=None):
 
 
 # -- Data: grey levels in [0, 1], as inputs and as targets ----------------------------------------
+# $$ x \in [0, 1]^{784} $$
 # As in the sparse lesson: not a likelihood model, so by default it trains on the grey levels
 # and the reconstruction loss is a cross-entropy.
 
 
 # -- Encoder: h(x) = sigmoid(W x + b), adding lambda * ||J_h(x)||_F^2 to the loss -----------------
+# $$ h(x) = \sigma(W x + b), \quad \text{adding } \lambda \|J_h(x)\|_F^2
+#    \text{ to the loss} $$
 # `ContractiveDense` is a Dense layer of sigmoid units whose `call` also adds the penalty, averaged
 # over the batch, with `add_loss`, and tracks the unweighted ||J||_F^2 as the metric
 # `jacobian_norm_sq`, also when lambda = 0, so the baseline's log shows its Jacobian growing. It
@@ -126,6 +130,7 @@ def build_encoder(hidden, contraction):
 
 
 # -- Decoder: pixel logits l = W' h + b', one Bernoulli probability sigmoid(l) per pixel ---------
+# $$ l = W' h + b', \quad \hat{x}_i = \sigma(l_i) $$
 
 def build_decoder(hidden):
     codes = keras.Input(shape=(hidden,), name="code")
@@ -140,6 +145,8 @@ def build_autoencoder(encoder, decoder):
 
 
 # -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + lambda * ||J_h(x)||_F^2 ------
+# $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big]
+#    + \lambda \|J_h(x)\|_F^2 $$
 # The binary cross-entropy from the logits, summed over the 784 pixels, in nats per image; Keras
 # adds the encoder's penalty: loss = reconstruction_loss + lambda * jacobian_norm_sq.
 

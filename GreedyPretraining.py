@@ -1,10 +1,12 @@
-"""Greedy layer-wise pretraining of a deep autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Greedy layer-wise pretraining of a deep autoencoder on MNIST, in Keras 3 on TensorFlow 2.
 
 Deep autoencoders were first trained greedily, one layer at a time (Hinton and Salakhutdinov,
 2006, with RBMs; Bengio et al., 2007, with autoencoders, as here). Stage k trains a shallow
 autoencoder on the codes h_{k-1} of the layers below, already trained and now fixed (h_0 = x):
 
     stage k:  minimise  E || h_{k-1} - g_k(f_k(h_{k-1})) ||,   h_k = f_k(h_{k-1})
+    $$ \text{stage } k: \quad \min\ \mathbb{E} \big\|h_{k-1} - g_k(f_k(h_{k-1}))\big\|,
+       \qquad h_k = f_k(h_{k-1}) $$
 
 then the encoders f_1..f_n and the decoders g_n..g_1 are stacked into one deep autoencoder
 (784-512-256-code and mirrored), and fine-tuned end to end. The lesson trains that deep model
@@ -127,6 +129,7 @@ def build_deep(pairs, name):
 
 
 # -- Loss: stage 1 and end to end, the cross-entropy -sum_i [x_i log x_hat_i + ...] in nats -------
+# $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] $$
 # per image, from the logits; stages 2 and up rebuild unbounded ReLU codes, so their loss is the
 # squared error. Every stage, and the fine-tuning, uses Adam at --learning-rate.
 

@@ -1,14 +1,18 @@
 # `make vae` trains the VAE, `make test` runs the tests, `make figures` regenerates every
-# committed figure and result, `make bench` times the lessons against plain Keras. Each target
-# first creates .venv from requirements.txt, again whenever requirements.txt is newer than the
-# last install.
+# committed figure and result, `make notebooks` regenerates notebooks/ from the lessons, `make
+# site` builds the book into site/, `make bench` times the lessons against plain Keras. Each
+# target first creates .venv from requirements.txt, again whenever requirements.txt is newer
+# than the last install; `make notebooks` and `make site` also install requirements-notebooks.txt
+# and requirements-book.txt, each with a stamp of its own, and `make test` installs all three.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
+BOOK_INSTALLED := $(VENV)/.installed-book
 
-.PHONY: vae dae cvae sparse contractive ae pretrain test figures bench clean
+.PHONY: vae dae cvae sparse contractive ae pretrain test figures notebooks site bench clean
 
 # One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
@@ -33,10 +37,22 @@ ae: $(INSTALLED)
 pretrain: $(INSTALLED)
 	$(PY) GreedyPretraining.py
 
-test: $(INSTALLED)
+# The tests run the notebooks in a Jupyter kernel and open the book in headless Chromium.
+test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED)
 	$(PY) -m pytest
 
 figures: vae dae cvae sparse contractive ae pretrain
+
+# notebooks/<Lesson>.ipynb from each lesson's source, without outputs (tests/test_notebooks.py
+# fails when a committed one differs from what this writes).
+notebooks: $(NOTEBOOKS_INSTALLED)
+	$(PY) scripts/make_notebooks.py
+
+# The book: from book/ into site/ (not committed), with no network: code is included from the
+# lessons, figures from figures/, the notebooks are copied in as downloads, and MathJax comes
+# bundled. Read it with `python -m http.server -d site`.
+site: $(BOOK_INSTALLED)
+	$(PY) -m sphinx -b html -E -W --keep-going -q book site
 
 # Seconds per epoch and peak memory of every lesson against plain Keras, on full-size data
 # (results/bench.json; about an hour on 2 CPU cores). Not part of `make test`.
@@ -49,5 +65,13 @@ $(INSTALLED): requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	touch $@
 
+$(NOTEBOOKS_INSTALLED): requirements-notebooks.txt | $(INSTALLED)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-notebooks.txt
+	touch $@
+
+$(BOOK_INSTALLED): requirements-book.txt | $(INSTALLED)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-book.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) models checkpoints .pytest_cache
+	rm -rf $(VENV) models checkpoints site .pytest_cache

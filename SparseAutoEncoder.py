@@ -1,4 +1,4 @@
-"""Sparse autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Sparse autoencoder on MNIST, in Keras 3 on TensorFlow 2.
 
 An autoencoder need not squeeze its code through a narrow bottleneck to learn something useful:
 it can have as many code units as it likes (196 here, more than the 784 pixels with --hidden
@@ -9,6 +9,8 @@ With sigmoid units h_j(x) and rho_hat_j their mean activation over a batch, the 
 
     beta * sum_j KL(rho || rho_hat_j),
     KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))
+    $$ \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j), \qquad \mathrm{KL}(\rho \,\|\, \hat\rho)
+       = \rho \log \frac{\rho}{\hat\rho} + (1 - \rho) \log \frac{1 - \rho}{1 - \hat\rho} $$
 
 `--penalty l1` uses L1 activity regularization instead, l1 * sum_j |h_j|. The lesson trains the
 same network with the penalty and without it, from the same initial weights and batches, and
@@ -100,12 +102,14 @@ def main(argv=None):
 
 
 # -- Data: grey levels in [0, 1], as inputs and as targets ----------------------------------------
+# $$ x \in [0, 1]^{784} $$
 # This is not a likelihood model, so by default it trains on the grey levels (--binarize none):
 # the reconstruction loss is then a cross-entropy, not a log-likelihood. `test_inputs` are the
 # test images as the model sees them.
 
 
 # -- Encoder: h(x) = sigmoid(W x + b), one layer of code units -----------------------------------
+# $$ h(x) = \sigma(W x + b) $$
 # Sigmoid units live in (0, 1), so "active" (near 1) and "silent" (near 0) mean something, and the
 # mean activation rho_hat_j is a firing rate the KL penalty can compare with rho. The code, the
 # penalty and the logits feed the loss, so they compute in float32 even under --mixed-precision.
@@ -118,6 +122,8 @@ def build_encoder(hidden):
 
 
 # -- The sparsity penalties: beta * sum_j KL(rho || rho_hat_j), or l1 * sum_j |h_j| ---------------
+# $$ \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j) \quad \text{or} \quad
+#    \ell_1 \sum_j |h_j| $$
 # Each is a layer that passes the code through unchanged, adds its term to the model's loss with
 # `add_loss`, and tracks the unweighted term with a `Mean` metric, so `kl_sparsity` (or
 # `l1_activity`) and its val_ twin show beside reconstruction_loss. Both are batch means, as is
@@ -184,6 +190,7 @@ class L1Activity(layers.Layer):
 
 
 # -- Decoder: pixel logits l = W' h + b', one Bernoulli probability sigmoid(l) per pixel ---------
+# $$ l = W' h + b', \quad \hat{x}_i = \sigma(l_i) $$
 
 def build_decoder(hidden):
     codes = keras.Input(shape=(hidden,), name="code")
@@ -206,6 +213,8 @@ def build_autoencoder(encoder, decoder, penalty, args):
 
 
 # -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + the penalty --------------------
+# $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big]
+#    + \text{the penalty} $$
 # The binary cross-entropy from the logits, summed over the 784 pixels, in nats per image; Keras
 # adds the penalty layer's term: loss = reconstruction_loss + beta * kl_sparsity (or l1 * ...).
 

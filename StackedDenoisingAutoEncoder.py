@@ -1,10 +1,12 @@
-"""Stacked denoising autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Stacked denoising autoencoder on MNIST, in Keras 3 on TensorFlow 2.
 
 An autoencoder trained to give back its input can learn the identity map and nothing else. A
 denoising autoencoder (Vincent et al., 2008) is shown a corrupted image x~ ~ C(x~ | x) and asked
 for the clean image x:
 
     minimise  E_x E_{x~ ~ C(x~ | x)} [ loss(x, decoder(encoder(x~))) ]
+    $$ \min\ \mathbb{E}_x\, \mathbb{E}_{\tilde{x} \sim C(\tilde{x} \mid x)}
+       \big[\mathrm{loss}\big(x, \mathrm{decoder}(\mathrm{encoder}(\tilde{x}))\big)\big] $$
 
 Copying the input is now a bad answer, so the network must learn what digits look like to put
 back what the noise took away. "Stacked" is the name Vincent et al. (2010) gave to a deep stack
@@ -100,6 +102,7 @@ def main(argv=None):
 
 
 # -- Data: (noisy, clean) pairs, x~ ~ C(x~ | x) ---------------------------------------------------
+# $$ \tilde{x} \sim C(\tilde{x} \mid x) $$
 # `noise.denoising_datasets` draws a fresh corruption of every training image in every epoch,
 # inside the tf.data pipeline, so the network never sees the same noisy image twice and cannot
 # memorise the noise; the test images are corrupted once (seed + 1), the same in every epoch.
@@ -142,6 +145,7 @@ def build_dae(encoder, decoder):
 
 
 # -- Loss: -[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], in nats per pixel -------------------
+# $$ -\big[x \log \sigma(l) + (1 - x) \log(1 - \sigma(l))\big] $$
 # The binary cross-entropy between the clean grey level x and the prediction, computed from the
 # logit l (softplus(l) - x * l, nothing clipped) and averaged over pixels and images. With grey
 # targets it is a cross-entropy, not a log-likelihood: its minimum, at sigmoid(l) = x, is the

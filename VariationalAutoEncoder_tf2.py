@@ -1,4 +1,4 @@
-"""Variational autoencoder (VAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Variational autoencoder (VAE) on MNIST, in Keras 3 on TensorFlow 2.
 
 A VAE is a generative model p(x, z) = p(z) p(x | z): a code z ~ N(0, I) and a decoder that turns
 it into an image. An encoder q(z | x) learns which codes explain an image, and both networks are
@@ -6,6 +6,9 @@ trained together by maximising the evidence lower bound (ELBO) on log p(x):
 
     log p(x) >= ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z | x) || p(z))
                           `---- reconstruction ---'   `---- regulariser ----'
+    $$ \log p(x) \ge \mathrm{ELBO}(x) =
+       \underbrace{\mathbb{E}_{q(z \mid x)}[\log p(x \mid z)]}_{\text{reconstruction}}
+       - \underbrace{\mathrm{KL}\big(q(z \mid x) \,\|\, p(z)\big)}_{\text{regulariser}} $$
 
 The lesson builds both networks with the functional API, draws z with the reparameterisation
 trick in a `Sampling` layer that also adds the KL term, trains on binarized digits, and scores
@@ -90,6 +93,7 @@ def main(argv=None):
 
 
 # -- Data: binarized digits, x_i in {0, 1} ------------------------------------------------------
+# $$ x_i \in \{0, 1\} $$
 # The decoder below is a Bernoulli distribution over pixels, so the targets must be binary: by
 # default every training image is binarized afresh in every epoch (pixel i is 1 with probability
 # equal to its grey level), and the test images once, with a seed. `data.autoencoder_datasets`
@@ -98,6 +102,7 @@ def main(argv=None):
 
 
 # -- Encoder: q(z | x) = N(z_mean(x), diag(exp(z_log_var(x)))) ---------------------------------
+# $$ q(z \mid x) = \mathcal{N}\big(\mu(x), \mathrm{diag}(e^{\log \sigma^2(x)})\big) $$
 # The encoder outputs the mean and the log-variance of a diagonal Gaussian over z. Predicting
 # log sigma^2 rather than sigma keeps the variance positive without a constraint. The layers that
 # feed the loss (z_mean, z_log_var, the sampling and the logits) compute in float32 even under
@@ -121,6 +126,7 @@ def build_encoder(arch, latent_dim):
 
 
 # -- Sampling: z = mu + sigma * eps, eps ~ N(0, I), and the KL term -----------------------------
+# $$ z = \mu + \sigma \odot \varepsilon, \quad \varepsilon \sim \mathcal{N}(0, I) $$
 # The reparameterisation trick makes the randomness an input, so gradients flow to mu and
 # log_var. The `Sampling` layer (common/layers.py, shared with the CVAE) also adds the KL term in
 # closed form to the model's loss with `add_loss`:
@@ -128,6 +134,7 @@ def build_encoder(arch, latent_dim):
 
 
 # -- Decoder: p(x | z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))) ----------------------------------
+# $$ p(x \mid z) = \prod_i \mathrm{Bernoulli}\big(x_i; \sigma(l_i(z))\big) $$
 # The decoder returns logits l, not probabilities: the loss is computed from them directly, and
 # a sigmoid turns them into the grey images we draw.
 
@@ -157,6 +164,7 @@ def build_vae(encoder, decoder, beta, seed):
 
 
 # -- Loss: -ELBO(x) = -log p(x | z) + beta * KL, in nats per image -------------------------------
+# $$ -\mathrm{ELBO}(x) = -\log p(x \mid z) + \beta\, \mathrm{KL}(q(z \mid x) \,\|\, p(z)) $$
 # The first term is the Bernoulli negative log-likelihood from the logits, summed over the 784
 # pixels (`losses.bernoulli_nll`: softplus(l) - x * l, nothing clipped); the second is added by
 # the Sampling layer. Keras averages both over the batch, and prints each beside the loss.

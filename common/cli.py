@@ -141,7 +141,7 @@ def base_parser(script_path, description, epochs, batch_size, learning_rate):
     shared.add_argument("--out", type=output_folder, default=script_path.resolve().parent,
                         metavar="DIR",
                         help="write DIR/figures, DIR/results and DIR/models")
-    scaling = parser.add_argument_group("scaling up (see the README)")
+    scaling = parser.add_argument_group("scaling up (see the book, Scaling up)")
     scaling.add_argument("--distribute", choices=runtime.DISTRIBUTIONS, default="none",
                          help="train on one device, mirrored over this machine's GPUs, or on "
                               "several machines (TF_CONFIG); --batch-size is the global batch")

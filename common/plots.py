@@ -4,7 +4,9 @@ Every function takes the images or a `decode` callable (latent points -> images 
 path, draws one figure and saves it atomically (a half-written PNG never replaces a good one).
 """
 
+import pathlib
 import statistics
+import sys
 
 import matplotlib
 
@@ -186,7 +188,21 @@ def plot_image_grid(images, path, title, cols=10):
 
 
 def save_figure(fig, path):
-    """Write `fig` as a PNG to `path` (atomically: no half-written figure) and close it."""
+    """Write `fig` as a PNG to `path` (atomically: no half-written figure) and close it; in a
+    notebook, also show that PNG under the cell that drew it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+    show_in_notebook(path)
+
+
+def show_in_notebook(path):
+    """Show the PNG at `path` inline when running in a Jupyter (IPython) kernel; elsewhere (a
+    script, the tests, a terminal IPython) do nothing. IPython is looked for, never imported."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None:
+        return
+    from IPython.display import Image, display
+
+    display(Image(data=pathlib.Path(path).read_bytes(), format="png"))

@@ -161,7 +161,7 @@ def check_tf_config():
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable "
-                         "(the cluster and this worker's task; see the README, Scaling up)")
+                         "(the cluster and this worker's task; see the book, Scaling up)")
     try:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]

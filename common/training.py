@@ -47,7 +47,7 @@ WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
 KEPT_BACKUPS = 2  # the newest epoch, and the one before it in case the newest cannot be read
 # Batches run per call of the compiled training step. Keras's default, 1, returns to Python after
-# every batch; 32 saved 6% of the CPU time of the VAE lesson's epoch on 2 CPU cores (README,
+# every batch; 32 saved 6% of the CPU time of the VAE lesson's epoch on 2 CPU cores (the book,
 # Throughput by default), and should save more on a GPU, where each return also waits for the
 # device. Numbers do not change: the same steps run in the same order. Callbacks see a batch
 # every 32 steps.

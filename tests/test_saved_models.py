@@ -1,5 +1,5 @@
 """Every lesson's saved models load in a fresh Python process, after the one import its
-docstring and the README name: `import common`, or the lesson itself where it defines a layer."""
+docstring and the book name: `import common`, or the lesson itself where it defines a layer."""
 
 import json
 import subprocess

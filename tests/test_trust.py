@@ -1,4 +1,4 @@
-"""What a real user does to a run, and what the suite promises in each case (README, "When
+"""What a real user does to a run, and what the suite promises in each case (the book, "When
 something goes wrong"): other data behind the same path, an edited lesson, a full disk, a
 SIGTERM, a closed pipe or closed streams, the largest seed, names too long for the file system.
 
