@@ -42,8 +42,6 @@ CONV_DENSE_UNITS = 128      # the conv encoder's dense layer, where the label jo
 JUDGE_LEARNING_RATE = 1e-3  # the judge's Adam step size (not --learning-rate, the CVAE's)
 PREDICT_BATCH = 1000        # images per batch when generating and judging
 STYLE_COLUMNS = 12          # columns (one z each) in figures/cvae_digits.png
-MAX_LATENT_DIM = 784        # no more style dimensions than pixels
-MAX_IWAE_SAMPLES = 10_000   # k for the IWAE estimate; Burda et al. used 5,000
 MAX_SAMPLES_PER_CLASS = 10_000  # 100,000 generated digits: a standard error under 0.005
 
 
@@ -53,18 +51,16 @@ def parse_args(argv=None):
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                         help="dense or convolutional encoder and decoder, both given the label")
-    lesson.add_argument("--latent-dim", default=2,
-                        type=cli.at_most(MAX_LATENT_DIM, "the pixels of an image"),
-                        help=f"size of z, the style, 1 to {MAX_LATENT_DIM}; 2 gives a latent space "
-                             "you can draw")
+    lesson.add_argument("--latent-dim", type=cli.latent_dim, default=2,
+                        help=f"size of z, the style, 1 to {cli.MAX_LATENT_DIM}; 2 gives a latent "
+                             "space you can draw, 1 a strip")
     lesson.add_argument("--beta", type=cli.penalty_weight, default=1.0,
                         help="weight of the KL term")
     lesson.add_argument("--binarize", choices=data.BINARIZATIONS, default="dynamic",
                         help="how grey pixels become Bernoulli targets")
-    lesson.add_argument("--iwae-samples", default=100,
-                        type=cli.at_most(MAX_IWAE_SAMPLES, "twice the 5,000 of Burda et al."),
+    lesson.add_argument("--iwae-samples", type=cli.iwae_samples, default=100,
                         help=f"importance samples k for the test -log p(x | y) estimate, at most "
-                             f"{MAX_IWAE_SAMPLES:,}")
+                             f"{cli.MAX_IWAE_SAMPLES:,}")
     judge = parser.add_argument_group("the judge: conditional accuracy")
     judge.add_argument("--samples-per-class", default=500,
                        type=cli.at_most(MAX_SAMPLES_PER_CLASS, "they are generated and judged "

