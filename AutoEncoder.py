@@ -1,4 +1,4 @@
-r"""Undercomplete and deep autoencoders on MNIST, measured against PCA, in Keras 3 on TensorFlow 2.
+r"""Undercomplete and deep autoencoders on MNIST against PCA, in Keras 3 (TensorFlow, JAX, PyTorch).
 
 An undercomplete autoencoder squeezes each image x through a code h = f(x) smaller than x and
 learns to rebuild it, x_hat = g(h). Nothing else stops it from copying, so the narrow code is

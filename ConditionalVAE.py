@@ -1,4 +1,4 @@
-r"""Conditional variational autoencoder (CVAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Conditional variational autoencoder (CVAE) on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 A plain VAE draws random digits: you cannot ask it for a 7. A CVAE gives the one-hot label y to
 both networks, the encoder q(z | x, y) and the decoder p(x | z, y), while the prior stays
@@ -33,7 +33,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import Sampling
+from common.layers import PenalizedModel, Sampling
 
 SCRIPT_NAME = pathlib.Path(__file__).stem
 HIDDEN_UNITS = 512          # the MLP's hidden layer: (784 + 10)-512-latent and back
@@ -164,15 +164,15 @@ def build_decoder(arch, latent_dim):
 
 # -- The CVAE: (x, y) -> encoder -> Sampling (adds beta * KL) -> decoder(z, y) -------------------
 # The `Sampling` layer of the VAE lesson (common/layers.py) draws z = mu + sigma * eps and adds
-#   beta * KL(q(z|x,y) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)).
-# The same label goes to both networks.
+#   beta * KL(q(z|x,y) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)),
+# which the `PenalizedModel` around it logs as `kl_loss`. The same label goes to both networks.
 
 def build_cvae(encoder, decoder, beta, seed):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
     labels = keras.Input(shape=(data.NUM_CLASSES,), name="label")
     z_mean, z_log_var = encoder([images, labels])
     z = Sampling(beta=beta, seed=seed, name="sampling", dtype="float32")([z_mean, z_log_var])
-    return keras.Model([images, labels], decoder([z, labels]), name="cvae")
+    return PenalizedModel([images, labels], decoder([z, labels]), name="cvae")
 
 
 # -- Loss: -log p(x | z, y) + beta * KL, in nats per image ----------------------------------------

@@ -1,4 +1,4 @@
-r"""Contractive autoencoder (CAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Contractive autoencoder (CAE) on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 A contractive autoencoder (Rifai et al., 2011) asks its code h(x) to be insensitive to the input:
 moving x a little should barely move h, except along the directions that the reconstruction
@@ -35,6 +35,7 @@ import numpy as np
 from keras import layers, ops
 
 from common import cli, data, losses, metrics, outputs, plots, runtime, training
+from common.layers import PenalizedModel, add_penalty
 
 SCRIPT_NAME = pathlib.Path(__file__).stem
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
@@ -86,9 +87,10 @@ def main(argv=None):
 # $$ h(x) = \sigma(W x + b), \quad \text{adding } \lambda \|J_h(x)\|_F^2
 #    \text{ to the loss} $$
 # `ContractiveDense` is a Dense layer of sigmoid units whose `call` also adds the penalty, averaged
-# over the batch, with `add_loss`, and tracks the unweighted ||J||_F^2 as the metric
-# `jacobian_norm_sq`, also when lambda = 0, so the baseline's log shows its Jacobian growing. It
-# and the logits feed the loss, so they compute in float32 even under --mixed-precision.
+# over the batch, with `add_loss`; the `PenalizedModel` around it logs the unweighted ||J||_F^2
+# as the metric `jacobian_norm_sq`, also when lambda = 0, so the baseline's log shows its
+# Jacobian growing. It and the logits feed the loss, so they compute in float32 even under
+# --mixed-precision.
 
 def sigmoid_jacobian_norm_sq(codes, kernel):
     """||J_h(x)||_F^2 per example for h = sigmoid(x W + b), W of shape (inputs, units):
@@ -102,6 +104,8 @@ def sigmoid_jacobian_norm_sq(codes, kernel):
 class ContractiveDense(layers.Dense):
     """A Dense layer of sigmoid units, h = s(x W + b), that adds lambda * ||J_h(x)||_F^2."""
 
+    penalty_name = "jacobian_norm_sq"
+
     def __init__(self, units, contraction=0.1, **kwargs):
         activation = kwargs.pop("activation", "sigmoid")
         if activation not in ("sigmoid", keras.activations.sigmoid):
@@ -109,13 +113,11 @@ class ContractiveDense(layers.Dense):
                              f"got activation={activation!r}")
         super().__init__(units, activation="sigmoid", **kwargs)
         self.contraction = float(contraction)
-        self.tracker = keras.metrics.Mean(name="jacobian_norm_sq")
 
     def call(self, inputs, training=None):
         codes = super().call(inputs, training=training)
         norm_sq = ops.mean(sigmoid_jacobian_norm_sq(codes, self.kernel))
-        self.add_loss(self.contraction * norm_sq)
-        self.tracker.update_state(norm_sq)
+        add_penalty(self, norm_sq, self.contraction)
         return codes
 
     def get_config(self):
@@ -141,7 +143,7 @@ def build_decoder(hidden):
 
 def build_autoencoder(encoder, decoder):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
-    return keras.Model(images, decoder(encoder(images)), name="contractive_autoencoder")
+    return PenalizedModel(images, decoder(encoder(images)), name="contractive_autoencoder")
 
 
 # -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + lambda * ||J_h(x)||_F^2 ------

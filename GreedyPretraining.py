@@ -1,4 +1,4 @@
-r"""Greedy layer-wise pretraining of a deep autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Greedy layer-wise pretraining of a deep autoencoder on MNIST, in Keras 3 (any backend).
 
 Deep autoencoders were first trained greedily, one layer at a time (Hinton and Salakhutdinov,
 2006, with RBMs; Bengio et al., 2007, with autoencoders, as here). Stage k trains a shallow

@@ -3,7 +3,8 @@
 # site` builds the book into site/, `make bench` times the lessons against plain Keras. Each
 # target first creates .venv from requirements.txt, again whenever requirements.txt is newer
 # than the last install; `make notebooks` and `make site` also install requirements-notebooks.txt
-# and requirements-book.txt, each with a stamp of its own, and `make test` installs all three.
+# and requirements-book.txt, each with a stamp of its own; `make backends` installs JAX and
+# PyTorch (requirements-backends.txt), and `make test` installs all four.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,8 +12,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
 BOOK_INSTALLED := $(VENV)/.installed-book
+BACKENDS_INSTALLED := $(VENV)/.installed-backends
 
-.PHONY: vae dae cvae sparse contractive ae pretrain test figures notebooks site bench clean
+.PHONY: vae dae cvae sparse contractive ae pretrain test figures notebooks site bench backends clean
 
 # One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
@@ -37,8 +39,9 @@ ae: $(INSTALLED)
 pretrain: $(INSTALLED)
 	$(PY) GreedyPretraining.py
 
-# The tests run the notebooks in a Jupyter kernel and open the book in headless Chromium.
-test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED)
+# The tests run the notebooks in a Jupyter kernel, open the book in headless Chromium, and run
+# every lesson on JAX and PyTorch too.
+test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
 	$(PY) -m pytest
 
 figures: vae dae cvae sparse contractive ae pretrain
@@ -54,9 +57,13 @@ notebooks: $(NOTEBOOKS_INSTALLED)
 site: $(BOOK_INSTALLED)
 	$(PY) -m sphinx -b html -E -W --keep-going -q book site
 
-# Seconds per epoch and peak memory of every lesson against plain Keras, on full-size data
-# (results/bench.json; about an hour on 2 CPU cores). Not part of `make test`.
-bench: $(INSTALLED)
+# JAX and PyTorch, for KERAS_BACKEND=jax or torch (the book, Backends).
+backends: $(BACKENDS_INSTALLED)
+
+# Seconds per epoch and peak memory of every lesson on every backend against plain Keras on the
+# same backend, and of the VAE against plain PyTorch, on full-size data (results/bench.json).
+# Not part of `make test`.
+bench: $(INSTALLED) $(BACKENDS_INSTALLED)
 	$(PY) benchmarks/bench.py
 
 $(INSTALLED): requirements.txt
@@ -71,6 +78,10 @@ $(NOTEBOOKS_INSTALLED): requirements-notebooks.txt | $(INSTALLED)
 
 $(BOOK_INSTALLED): requirements-book.txt | $(INSTALLED)
 	$(PY) -m pip install --disable-pip-version-check -r requirements-book.txt
+	touch $@
+
+$(BACKENDS_INSTALLED): requirements-backends.txt | $(INSTALLED)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-backends.txt
 	touch $@
 
 clean:

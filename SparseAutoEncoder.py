@@ -1,4 +1,4 @@
-r"""Sparse autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Sparse autoencoder on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 An autoencoder need not squeeze its code through a narrow bottleneck to learn something useful:
 it can have as many code units as it likes (196 here, more than the 784 pixels with --hidden
@@ -38,6 +38,7 @@ import numpy as np
 from keras import layers, ops
 
 from common import cli, data, losses, metrics, outputs, plots, runtime, training
+from common.layers import PenalizedModel, add_penalty
 
 SCRIPT_NAME = pathlib.Path(__file__).stem
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
@@ -125,8 +126,9 @@ def build_encoder(hidden):
 # $$ \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j) \quad \text{or} \quad
 #    \ell_1 \sum_j |h_j| $$
 # Each is a layer that passes the code through unchanged, adds its term to the model's loss with
-# `add_loss`, and tracks the unweighted term with a `Mean` metric, so `kl_sparsity` (or
-# `l1_activity`) and its val_ twin show beside reconstruction_loss. Both are batch means, as is
+# `add_loss`, and keeps the unweighted term, which the `PenalizedModel` around it logs with a
+# `Mean` metric, so `kl_sparsity` (or `l1_activity`) and its val_ twin show beside
+# reconstruction_loss on every backend. Both are batch means, as is
 # the reconstruction loss, so their balance does not change with --batch-size; but rho_hat_j is
 # measured on one batch, so small batches make the KL noisy (and, as it is convex, larger).
 
@@ -144,17 +146,16 @@ def kl_sparsity(codes, rho):
 class KLSparsity(layers.Layer):
     """Pass sigmoid codes through; add beta * sum_j KL(rho || rho_hat_j) to the loss."""
 
+    penalty_name = "kl_sparsity"
+
     def __init__(self, rho=0.05, beta=3.0, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < rho < 1.0:
             raise ValueError(f"rho must be strictly between 0 and 1, got {rho}")
         self.rho, self.beta = float(rho), float(beta)
-        self.tracker = keras.metrics.Mean(name="kl_sparsity")
 
     def call(self, codes):
-        penalty = kl_sparsity(codes, self.rho)
-        self.add_loss(self.beta * penalty)
-        self.tracker.update_state(penalty)
+        add_penalty(self, kl_sparsity(codes, self.rho), self.beta)
         return codes
 
     def compute_output_shape(self, input_shape):
@@ -170,16 +171,17 @@ class L1Activity(layers.Layer):
     `activity_regularizer=keras.regularizers.L1(l1)`: the regularizer sums |h| over the whole
     batch, and Keras divides an activity penalty by the batch size."""
 
+    penalty_name = "l1_activity"
+
     def __init__(self, l1=1e-4, **kwargs):
         super().__init__(**kwargs)
         self.l1 = float(l1)
         self.regularizer = keras.regularizers.L1(self.l1)
-        self.tracker = keras.metrics.Mean(name="l1_activity")
 
     def call(self, codes):
         batch_size = ops.cast(ops.shape(codes)[0], codes.dtype)
         self.add_loss(self.regularizer(codes) / batch_size)
-        self.tracker.update_state(ops.sum(ops.abs(codes)) / batch_size)
+        self.last_penalty = ops.sum(ops.abs(codes)) / batch_size  # logged unweighted
         return codes
 
     def compute_output_shape(self, input_shape):
@@ -209,7 +211,7 @@ def build_autoencoder(encoder, decoder, penalty, args):
                            dtype="float32")(codes)
     elif penalty == "l1":
         codes = L1Activity(l1=args.l1, name="sparsity_penalty", dtype="float32")(codes)
-    return keras.Model(images, decoder(codes), name=f"sparse_autoencoder_{penalty}")
+    return PenalizedModel(images, decoder(codes), name=f"sparse_autoencoder_{penalty}")
 
 
 # -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + the penalty --------------------

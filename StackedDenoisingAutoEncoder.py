@@ -1,4 +1,4 @@
-r"""Stacked denoising autoencoder on MNIST, in Keras 3 on TensorFlow 2.
+r"""Stacked denoising autoencoder on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 An autoencoder trained to give back its input can learn the identity map and nothing else. A
 denoising autoencoder (Vincent et al., 2008) is shown a corrupted image x~ ~ C(x~ | x) and asked

@@ -1,4 +1,4 @@
-r"""Variational autoencoder (VAE) on MNIST, in Keras 3 on TensorFlow 2.
+r"""Variational autoencoder (VAE) on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 A VAE is a generative model p(x, z) = p(z) p(x | z): a code z ~ N(0, I) and a decoder that turns
 it into an image. An encoder q(z | x) learns which codes explain an image, and both networks are
@@ -18,6 +18,7 @@ estimate of -log p(x). It draws the latent space, a decoded grid of it, and prio
     python VariationalAutoEncoder_tf2.py                    # MLP, 2-D latent space
     python VariationalAutoEncoder_tf2.py --arch conv --latent-dim 16 --epochs 20
     python VariationalAutoEncoder_tf2.py --beta 4           # a beta-VAE
+    KERAS_BACKEND=jax python VariationalAutoEncoder_tf2.py  # on JAX (or torch: the book, Backends)
 
 It writes results/VariationalAutoEncoder_tf2.json, models/vae*.keras and figures/vae_*.png; the
 defaults take about a minute on 2 CPU cores, and Ctrl-C then the same command
@@ -33,7 +34,7 @@ import numpy as np
 from keras import layers, ops
 
 from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import Sampling
+from common.layers import PenalizedModel, Sampling
 
 SCRIPT_NAME = pathlib.Path(__file__).stem
 HIDDEN_UNITS = 512        # the MLP's hidden layer: 784-512-latent and back
@@ -127,6 +128,7 @@ def build_encoder(arch, latent_dim):
 # log_var. The `Sampling` layer (common/layers.py, shared with the CVAE) also adds the KL term in
 # closed form to the model's loss with `add_loss`:
 #   beta * KL(q(z|x) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j))
+# and the `PenalizedModel` around it logs the unweighted KL as `kl_loss`, on every backend.
 
 
 # -- Decoder: p(x | z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))) ----------------------------------
@@ -156,7 +158,7 @@ def build_vae(encoder, decoder, beta, seed):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
     z_mean, z_log_var = encoder(images)
     z = Sampling(beta=beta, seed=seed, name="sampling", dtype="float32")([z_mean, z_log_var])
-    return keras.Model(images, decoder(z), name="vae")
+    return PenalizedModel(images, decoder(z), name="vae")
 
 
 # -- Loss: -ELBO(x) = -log p(x | z) + beta * KL, in nats per image -------------------------------

@@ -1,23 +1,44 @@
-"""How fast is each lesson, and how much memory does it take, against plain Keras?
+"""How fast is each lesson, and how much memory does it take, against plain Keras, on each
+Keras backend?
 
-For every lesson, on full-size data (MNIST when it is in the Keras cache, otherwise the 60,000
-Fashion-MNIST training images of Debian's dataset-fashion-mnist package), in rounds:
+For every lesson and every backend (TensorFlow, JAX and PyTorch, or those --backends names), on
+full-size data (MNIST when it is in the Keras cache, otherwise the 60,000 Fashion-MNIST training
+images of Debian's dataset-fashion-mnist package), in rounds:
 
-- the lesson itself, run as a user runs it (its tf.data pipeline, checkpoints, 32 steps per
-  execution, deterministic ops), for a few epochs, with its evaluation made short;
+- the lesson itself, run as a user runs it, with KERAS_BACKEND set (its tf.data pipeline,
+  checkpoints, 32 steps per execution, one on PyTorch, deterministic ops), for a few epochs,
+  with its evaluation made short;
 - the same models, built by the lesson's own functions with its default settings, trained the
-  plain-Keras way: `fit` on NumPy arrays with Keras's defaults (the binarization or the noise
-  drawn once, no checkpoints, no deterministic ops),
+  plain-Keras way on the same backend: `fit` on NumPy arrays with Keras's defaults (the
+  binarization or the noise drawn once, no checkpoints, no deterministic ops, one step per
+  execution);
+- for the VAE, also the same network written in plain PyTorch, as a learner would write it
+  (benchmarks/plain_pytorch.py: an nn.Module, a DataLoader, Adam; the same binarized images as
+  the plain-Keras VAE, the test split scored after every epoch as `fit` does), with PyTorch's
+  default threading,
 
-each in a process of its own, one after the other, so that both see the same machine. It prints
-seconds per epoch, images per second and peak memory (the process's largest resident set), with
-the ratio lesson / plain Keras, and writes results/bench.json. Seconds per epoch are the median
-of every epoch of every round but the first of each run, which traces the training step (for a
+each in a process of its own, one after the other, every backend in every round, so that all
+see the same machine. It prints seconds per epoch, images per second and peak memory (the
+process's largest resident set), with the ratio lesson / plain Keras on the same backend, one
+row per lesson and backend (and a row "plain PyTorch"), and writes results/bench.json:
+results["lessons"][lesson][backend] holds the lesson, plain_keras and their ratio, and
+results["lessons"]["vae"]["plain_pytorch"] the PyTorch runs. Seconds per epoch are the median of
+every epoch of every round but the first of each run, which traces the training step (for a
 lesson that trains several models, the sum of one epoch of each): on a shared machine, whose
 speed drifts from minute to minute, a median over many epochs run in turn is what stays put.
+But other work on the machine slows some runs and not others (PyTorch's threads most of all,
+whose epochs can take ten times as long), which no median undoes: the load average at the start
+and at the end is printed and recorded, and the numbers mean most on an otherwise idle machine.
 
-    python benchmarks/bench.py                      # every lesson, 3 rounds of 3 epochs
+Then the speed targets, each a ratio of two of those medians, measured side by side: the VAE
+lesson on JAX at most 1.3 times the VAE lesson on TensorFlow, on PyTorch at most 2.5 times, and
+the VAE lesson on TensorFlow (the default backend) at most 1.0 times plain PyTorch. Those whose
+runs were made are printed after the table, "met" or "missed", and written in
+results["targets"]. A missed target is reported, not an error: the bench still exits with 0.
+
+    python benchmarks/bench.py                      # every lesson and backend, 3 rounds of 3
     python benchmarks/bench.py --lessons vae dae --rounds 5
+    python benchmarks/bench.py --lessons vae --backends tensorflow torch
     make bench
 """
 
@@ -45,12 +66,25 @@ LESSONS = {  # name -> (script, flags that keep its evaluation short)
     "sparse": ("SparseAutoEncoder", []),
     "contractive": ("ContractiveAutoEncoder", []),
 }
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras's, set by KERAS_BACKEND in each child process
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+PLAIN_PYTORCH = {"vae": ROOT / "benchmarks" / "plain_pytorch.py"}  # lesson -> its PyTorch twin
+# The speed targets: (key, what is timed, against what, the largest ratio that meets it). Each
+# side is a path into results["lessons"]: (lesson, backend, kind) or (lesson, "plain_pytorch").
+TARGETS = [
+    ("vae_jax_vs_tensorflow", ("vae", "jax", "lesson"), ("vae", "tensorflow", "lesson"), 1.3),
+    ("vae_torch_vs_tensorflow", ("vae", "torch", "lesson"), ("vae", "tensorflow", "lesson"), 2.5),
+    ("vae_tensorflow_vs_plain_pytorch", ("vae", "tensorflow", "lesson"), ("vae", "plain_pytorch"),
+     1.0),
+]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lessons", nargs="+", choices=LESSONS, default=list(LESSONS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="the Keras backends to run each lesson on (default: all three)")
     parser.add_argument("--epochs", type=int, default=3,
                         help="epochs per run; the first is left out")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
@@ -60,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument("--plain", choices=LESSONS, help=argparse.SUPPRESS)  # one plain run
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.lessons = list(dict.fromkeys(args.lessons))  # each once, in the order given
+    args.backends = list(dict.fromkeys(args.backends))
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be at least 2 (the first is left out), --rounds at least 1")
     return args
@@ -71,22 +107,44 @@ def main(argv=None):
         print(json.dumps(plain_keras_run(args)))
         return
     dataset = args.dataset or pick_dataset(args)
+    # The load average, before and after: other work on the machine slows some runs and not
+    # others (PyTorch's threads most of all), which no median undoes.
+    load = {"start": os.getloadavg()}
     results = {"machine": machine(), "dataset": dataset, "data": args.data, "limit": args.limit,
-               "epochs": args.epochs, "rounds": args.rounds, "lessons": {}}
-    for name in args.lessons:
-        runs = {"lesson": [], "plain_keras": []}
-        for round_ in range(args.rounds):
-            runs["lesson"].append(lesson_run(name, dataset, args))
-            runs["plain_keras"].append(plain_run(name, dataset, args))
-            print(f"bench: {name}, round {round_ + 1} of {args.rounds}: "
-                  f"lesson {runs['lesson'][-1]['seconds_per_epoch']:.2f} s per epoch, "
-                  f"plain Keras {runs['plain_keras'][-1]['seconds_per_epoch']:.2f} s",
-                  file=sys.stderr, flush=True)
-        results["lessons"][name] = summarize(runs)
+               "epochs": args.epochs, "rounds": args.rounds, "backends": args.backends,
+               "lessons": {name: bench_lesson(name, dataset, args) for name in args.lessons}}
+    results["load_average"] = {**load, "end": os.getloadavg()}
+    results["targets"] = targets(results["lessons"])
     path = pathlib.Path(args.out) / "results" / "bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
+    print_targets(results)
+
+
+def bench_lesson(name, dataset, args):
+    """Every round of one lesson: on each backend in turn, the lesson then plain Keras; then, for
+    a lesson with a PyTorch twin, plain PyTorch. One row per backend, and "plain_pytorch"."""
+    runs = {backend: {"lesson": [], "plain_keras": []} for backend in args.backends}
+    pytorch = []
+    for round_ in range(args.rounds):
+        for backend in args.backends:
+            lesson = lesson_run(name, dataset, args, backend)
+            plain = plain_run(name, dataset, args, backend)
+            runs[backend]["lesson"].append(lesson)
+            runs[backend]["plain_keras"].append(plain)
+            print(f"bench: {name} on {BACKEND_NAMES[backend]}, round {round_ + 1} of "
+                  f"{args.rounds}: lesson {lesson['seconds_per_epoch']:.2f} s per epoch, "
+                  f"plain Keras {plain['seconds_per_epoch']:.2f} s", file=sys.stderr, flush=True)
+        if name in PLAIN_PYTORCH:
+            pytorch.append(plain_pytorch_run(name, dataset, args))
+            print(f"bench: {name}, round {round_ + 1} of {args.rounds}: plain PyTorch "
+                  f"{pytorch[-1]['seconds_per_epoch']:.2f} s per epoch", file=sys.stderr,
+                  flush=True)
+    row = {backend: compare(kinds) for backend, kinds in runs.items()}
+    if pytorch:
+        row["plain_pytorch"] = summarize(pytorch)
+    return row
 
 
 # -- The data and the machine ---------------------------------------------------------------------
@@ -112,42 +170,66 @@ def machine():
         info["cpu"] = names[0] if names else info["cpu"]
         total = [line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")]
         info["memory_gib"] = round(int(total[0]) / 2**20, 1)
-    info.update({package: importlib.metadata.version(package)
-                 for package in ("tensorflow", "keras", "numpy")})
+    info.update({package: version(package)
+                 for package in ("tensorflow", "keras", "numpy", "jax", "torch")})
     return info
+
+
+def version(package):
+    """The installed version of `package`, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # -- One run, in a process of its own -------------------------------------------------------------
 
-def child(command):
-    """Run `command` from the repository root; return its stdout and its peak memory in GiB."""
+def child(command, backend):
+    """Run `command` from the repository root with KERAS_BACKEND=`backend`; return its stdout
+    and its peak memory in GiB."""
+    env = {**os.environ, "AUTOENCODERS_OFFLINE": "1", "KERAS_BACKEND": backend}
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr,
-                                   env={**os.environ, "AUTOENCODERS_OFFLINE": "1"})
+        process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr, env=env)
         _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
         stderr.seek(0)
         if process.returncode != 0:
-            sys.exit(f"bench.py: error: {' '.join(command)} failed:\n{stderr.read()[-3000:]}")
+            sys.exit(f"bench.py: error: KERAS_BACKEND={backend} {' '.join(command)} failed:\n"
+                     f"{stderr.read()[-3000:]}")
         # ru_maxrss is in KiB on Linux, in bytes on macOS
         peak = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
         return stdout.read(), peak
 
 
-def lesson_run(name, dataset, args):
-    """The lesson as a user runs it; its epochs timed by the lesson itself."""
+def lesson_run(name, dataset, args, backend):
+    """The lesson as a user runs it, on `backend`; its epochs timed by the lesson itself."""
     script, flags = LESSONS[name]
     with tempfile.TemporaryDirectory() as out:
         _, peak = child([sys.executable, f"{script}.py", "--dataset", dataset, "--out", out,
-                         *data_flags(args), "--epochs", str(args.epochs), *flags])
+                         *data_flags(args), "--epochs", str(args.epochs), *flags], backend)
         results = json.loads((pathlib.Path(out) / "results" / f"{script}.json").read_text())
     return measured(list(epoch_times(results)), results["train_examples"], peak)
 
 
-def plain_run(name, dataset, args):
-    stdout, peak = child([sys.executable, str(pathlib.Path(__file__).resolve()), "--plain", name,
-                          "--dataset", dataset, "--epochs", str(args.epochs), *data_flags(args)])
+def plain_run(name, dataset, args, backend):
+    """The lesson's models in plain Keras on `backend` (plain_keras_run, in a child)."""
+    return reported(child([sys.executable, str(pathlib.Path(__file__).resolve()), "--plain", name,
+                           "--dataset", dataset, "--epochs", str(args.epochs),
+                           *data_flags(args)], backend))
+
+
+def plain_pytorch_run(name, dataset, args):
+    """The lesson's network in plain PyTorch (benchmarks/plain_pytorch.py, in a child). Its
+    KERAS_BACKEND is torch, so that nothing it imports starts TensorFlow."""
+    return reported(child([sys.executable, str(PLAIN_PYTORCH[name]), "--dataset", dataset,
+                           "--epochs", str(args.epochs), *data_flags(args)], "torch"))
+
+
+def reported(run):
+    """One run of a child that prints, last, {"epoch_seconds": [...], "train_examples": N}."""
+    stdout, peak = run
     report = json.loads(stdout.strip().splitlines()[-1])
     return measured(report["epoch_seconds"], report["train_examples"], peak)
 
@@ -175,36 +257,103 @@ def measured(per_model, train_examples, peak):
             "train_examples": train_examples, "peak_memory_gib": peak}
 
 
-def summarize(runs):
-    """Every round of a lesson: each model's median epoch over all the rounds, summed."""
-    summary = {}
-    for kind, reports in runs.items():
-        models = zip(*(r["epoch_seconds"] for r in reports))  # each model's epochs, every round
-        seconds = sum(statistics.median([t for times in model for t in times])
-                      for model in models)
-        per_run = [r["seconds_per_epoch"] for r in reports]
-        summary[kind] = {"seconds_per_epoch": seconds,
-                         "seconds_per_epoch_range": [min(per_run), max(per_run)],
-                         "images_per_second": (reports[0]["train_examples"]
-                                               * reports[0]["models"] / seconds),
-                         "peak_memory_gib": max(r["peak_memory_gib"] for r in reports),
-                         "runs": reports}
+def summarize(reports):
+    """Every round of one kind of run: each model's median epoch over all the rounds, summed."""
+    models = zip(*(r["epoch_seconds"] for r in reports))  # each model's epochs, every round
+    seconds = sum(statistics.median([t for times in model for t in times]) for model in models)
+    per_run = [r["seconds_per_epoch"] for r in reports]
+    return {"seconds_per_epoch": seconds,
+            "seconds_per_epoch_range": [min(per_run), max(per_run)],
+            "images_per_second": reports[0]["train_examples"] * reports[0]["models"] / seconds,
+            "peak_memory_gib": max(r["peak_memory_gib"] for r in reports),
+            "runs": reports}
+
+
+def compare(runs):
+    """A lesson's row on one backend: the lesson, plain Keras, and the ratio lesson / plain."""
+    summary = {kind: summarize(reports) for kind, reports in runs.items()}
     summary["ratio"] = (summary["lesson"]["seconds_per_epoch"]
                         / summary["plain_keras"]["seconds_per_epoch"])
     return summary
 
 
+def targets(lessons):
+    """Each speed target whose two sides were both run: their medians, the ratio, and whether
+    it is met (at most the target)."""
+    found = {}
+    for key, timed, against, at_most in TARGETS:
+        sides = [summary_at(lessons, path) for path in (timed, against)]
+        if None in sides:
+            continue
+        medians = [side["seconds_per_epoch"] for side in sides]
+        ratio = medians[0] / medians[1]
+        found[key] = {"timed": "/".join(timed), "against": "/".join(against),
+                      "seconds_per_epoch": medians, "ratio": ratio, "at_most": at_most,
+                      "met": ratio <= at_most}
+    return found
+
+
+def summary_at(lessons, path):
+    """The summary at `path` in results["lessons"], e.g. ("vae", "jax", "lesson"); None when it
+    was not run."""
+    for key in path:
+        if key not in lessons:
+            return None
+        lessons = lessons[key]
+    return lessons
+
+
 def print_table(results):
+    """One row per lesson and backend, lesson against plain Keras; plain PyTorch in the plain
+    columns of a row of its own."""
+    load = results["load_average"]
     print(f"\n{results['dataset']}, {results['rounds']} rounds of {results['epochs']} epochs "
           f"(the first of each left out); {results['machine']['cpu']}, "
-          f"{results['machine']['cores']} cores")
-    print(f"{'':12s} {'lesson s/epoch (rounds)':>24s} {'plain Keras (rounds)':>21s} {'ratio':>6s} "
-          f"{'images/s':>9s} {'plain':>6s} {'peak GiB':>9s} {'plain':>6s}")
-    for name, row in results["lessons"].items():
-        lesson, plain = row["lesson"], row["plain_keras"]
-        print(f"{name:12s} {seconds(lesson):>24s} {seconds(plain):>21s} {row['ratio']:6.2f} "
-              f"{lesson['images_per_second']:9.0f} {plain['images_per_second']:6.0f} "
-              f"{lesson['peak_memory_gib']:9.2f} {plain['peak_memory_gib']:6.2f}")
+          f"{results['machine']['cores']} cores, load average {load['start'][0]:.1f} at the "
+          f"start, {load['end'][0]:.1f} at the end")
+    print(f"{'':12s} {'backend':14s} {'lesson s/epoch (rounds)':>24s} {'plain (rounds)':>21s} "
+          f"{'ratio':>6s} {'images/s':>9s} {'plain':>6s} {'peak GiB':>9s} {'plain':>6s}")
+    for name, rows in results["lessons"].items():
+        for backend, row in rows.items():
+            if backend == "plain_pytorch":
+                print(f"{name:12s} {'plain PyTorch':14s} {'-':>24s} {seconds(row):>21s} "
+                      f"{'-':>6s} {'-':>9s} {row['images_per_second']:6.0f} {'-':>9s} "
+                      f"{row['peak_memory_gib']:6.2f}")
+                continue
+            lesson, plain = row["lesson"], row["plain_keras"]
+            print(f"{name:12s} {BACKEND_NAMES[backend]:14s} {seconds(lesson):>24s} "
+                  f"{seconds(plain):>21s} {row['ratio']:6.2f} "
+                  f"{lesson['images_per_second']:9.0f} {plain['images_per_second']:6.0f} "
+                  f"{lesson['peak_memory_gib']:9.2f} {plain['peak_memory_gib']:6.2f}")
+    print("(plain: plain Keras on the same backend; ratio: lesson / plain Keras)")
+
+
+def print_targets(results):
+    """The speed targets that were measured, each "met" or "missed"; a missed one is said
+    plainly, on stdout and stderr, but is no error."""
+    found = results["targets"]
+    if not found:
+        return
+    print("\nspeed targets (ratios of median seconds per epoch, run side by side):")
+    for key, target in found.items():
+        print(f"  {describe(target['timed']):28s} / {describe(target['against']):28s} "
+              f"{target['ratio']:5.2f}  (at most {target['at_most']:.1f})  "
+              f"{'met' if target['met'] else 'missed'}")
+    missed = [key for key, target in found.items() if not target["met"]]
+    if missed:
+        message = (f"bench: {len(missed)} of {len(found)} speed targets missed: "
+                   f"{', '.join(missed)} (a measurement, not a failure: exit status 0)")
+        print(message)
+        print(message, file=sys.stderr)
+
+
+def describe(path):
+    """A target's side in words: "vae lesson on JAX", "vae in plain PyTorch"."""
+    name, *rest = path.split("/")
+    if rest == ["plain_pytorch"]:
+        return f"{name} in plain PyTorch"
+    backend, kind = rest
+    return f"{name} {kind.replace('_', ' ')} on {BACKEND_NAMES[backend]}"
 
 
 def seconds(kind):

@@ -31,11 +31,14 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
-        if getattr(parsed, "distribute", None) == "multi-worker":
-            try:
+        distribute = getattr(parsed, "distribute", None)
+        try:
+            if distribute is not None:
+                runtime.check_supported(distribute)
+            if distribute == "multi-worker":
                 runtime.check_tf_config()
-            except UsageError as err:
-                self.exit(2, f"{self.prog}: error: {err}\n")
+        except UsageError as err:
+            self.exit(2, f"{self.prog}: error: {err}\n")
         return parsed
 
 

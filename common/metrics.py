@@ -16,7 +16,6 @@ import math
 import numpy as np
 from keras import ops
 
-from common.layers import kl_divergence
 from common.losses import bernoulli_nll
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -49,15 +48,17 @@ def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chun
         logits = decode_logits(z.reshape(-1, d).astype(np.float32), repeated)
         # log p(x | z), summed over pixels from the logits (the training loss, negated)
         logits = ops.cast(ops.reshape(logits, (len(repeated), -1)), "float32")
-        nll = bernoulli_nll(x[repeated], logits)
+        nll = bernoulli_nll(ops.convert_to_tensor(x[repeated]), logits)
         log_px_z = -ops.convert_to_numpy(nll).astype(np.float64).reshape(len(rows), samples)
         log_pz = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
         log_qz_x = -0.5 * np.sum(eps**2 + log_var + LOG_2PI, axis=-1)
         log_w = log_px_z + log_pz - log_qz_x
         reconstruction[rows] = -log_px_z.mean(axis=1)
         log_marginal[rows] = _log_mean_exp(log_w, axis=1)
-    kl = ops.convert_to_numpy(kl_divergence(z_mean.astype(np.float64),
-                                            z_log_var.astype(np.float64)))
+    # The closed form of `kl_divergence`, in NumPy's float64 (on every backend: JAX computes no
+    # float64 unless told to)
+    mu, log_var = z_mean.astype(np.float64), z_log_var.astype(np.float64)
+    kl = -0.5 * np.sum(1.0 + log_var - mu**2 - np.exp(log_var), axis=-1)
     return {
         "neg_elbo": float(np.mean(reconstruction + kl)),
         "reconstruction": float(np.mean(reconstruction)),

@@ -226,6 +226,7 @@ def settings_digest(args, dataset=None):
     """A short hash of a run's settings (its flags but NOT_SETTINGS) and of its data: the images
     themselves and where they came from. It names the run's checkpoints."""
     settings = {k: str(v) for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    settings["backend"] = runtime.BACKEND  # each draws its own numbers: never resume another's
     if dataset is not None:
         settings["data fingerprint"] = dataset.fingerprint
         settings["data origin"] = dataset.origin
@@ -468,7 +469,7 @@ def results_header(args, dataset):
     """The first keys of every lesson's results: the data it saw, then every flag it ran with."""
     flags = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()
              if k != "out"}
-    return {"dataset": dataset.name, "data_source": dataset.source,
+    return {"backend": runtime.BACKEND, "dataset": dataset.name, "data_source": dataset.source,
             "train_examples": len(dataset.x_train), "test_examples": len(dataset.x_test),
             **flags}
 

@@ -50,7 +50,7 @@ KEPT_BACKUPS = 2  # the newest epoch, and the one before it in case the newest c
 # every batch; 32 saved 6% of the CPU time of the VAE lesson's epoch on 2 CPU cores (the book,
 # Throughput by default), and should save more on a GPU, where each return also waits for the
 # device. Numbers do not change: the same steps run in the same order. Callbacks see a batch
-# every 32 steps.
+# every 32 steps. PyTorch's backend runs one step per call, as does a multi-worker run.
 STEPS_PER_EXECUTION = 32
 # A loss that rises to this many times the loss of the model before its first step has diverged,
 # even while it is still finite (5e5 nats per image where the untrained network scores 543, say).
@@ -88,15 +88,22 @@ class Fitted(NamedTuple):
 def compile(model, loss, learning_rate, metrics=()):  # noqa: A001 - Keras's word for it
     """`model.compile` with Adam at `learning_rate`: one optimizer for every lesson.
 
-    XLA (`jit_compile`) is left to Keras, which leaves it off on a CPU (where it saved too little
-    here to pay for its compilation), and on a GPU under a distribution strategy or deterministic
-    ops (every lesson's).
+    The configuration `compile` records, which a saved model keeps, is the portable one: one
+    step per execution and no XLA, which every backend accepts (PyTorch refuses more steps, and
+    would run XLA as torch.compile). How this backend runs the model is set on it afterwards:
+    STEPS_PER_EXECUTION steps per call but on PyTorch and in a multi-worker run; the training
+    step compiled with `jax.jit` on JAX, where nothing runs fast uncompiled. XLA stays off on
+    TensorFlow, as Keras would leave it on a CPU (where it saved too little here to pay for its
+    compilation) and on a GPU with deterministic ops (every lesson's); PyTorch runs eagerly.
     """
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=list(metrics), steps_per_execution=1, jit_compile=False)
+    backend = keras.backend.backend()
     multi_worker = isinstance(tf.distribute.get_strategy(),
                               tf.distribute.MultiWorkerMirroredStrategy)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                  metrics=list(metrics),
-                  steps_per_execution=1 if multi_worker else STEPS_PER_EXECUTION)
+    if not (multi_worker or backend == "torch"):
+        model.steps_per_execution = STEPS_PER_EXECUTION
+    model.jit_compile = backend == "jax"
 
 
 _inference_steps = weakref.WeakKeyDictionary()  # model -> its compiled inference step
@@ -106,17 +113,20 @@ def predict(model, inputs, batch_size=1024):
     """The model's outputs on NumPy inputs (an array, or a tuple of arrays for several inputs),
     computed batch by batch by one compiled step, as NumPy.
 
-    Unlike `model.predict`, it leaves the distribution strategy out: each process of a
-    multi-worker run computes every output itself, with no collective to wait on. (Keras's
+    On TensorFlow, unlike `model.predict`, it leaves the distribution strategy out: each process
+    of a multi-worker run computes every output itself, with no collective to wait on. (Keras's
     NumPy input adapter is avoided too: with deterministic ops on, TensorFlow rewrites its
-    parallel map and prints a spurious error line.)
+    parallel map and prints a spurious error line.) On JAX and PyTorch it is `model.predict`,
+    which compiles its step with `jax.jit` on JAX.
     """
+    inputs = tuple(inputs) if isinstance(inputs, list) else inputs
+    if keras.backend.backend() != "tensorflow":
+        return model.predict(inputs, batch_size=batch_size, verbose=0)
     if model not in _inference_steps:
         weak = weakref.ref(model)  # the cache must not keep the model alive
         _inference_steps[model] = tf.function(lambda x: weak()(x, training=False),
                                               reduce_retracing=True)
     step = _inference_steps[model]
-    inputs = tuple(inputs) if isinstance(inputs, list) else inputs
     outputs = [step(batch) for batch in data.batches(inputs, batch_size)]
     if isinstance(outputs[0], (list, tuple)):
         return [np.concatenate([ops.convert_to_numpy(o[i]) for o in outputs])

@@ -224,3 +224,27 @@ def small_mnist_npz(tmp_path_factory):
     np.savez(path, x_train=to_uint8(x_train[:600]), y_train=y_train[:600],
              x_test=to_uint8(x_test[:200]), y_test=y_test[:200])
     return path
+
+
+def jacobian(fn, x):
+    """d fn(x) / d x as NumPy, of shape fn(x).shape + x.shape, by the backend's own autodiff
+    (tests marked `every_backend` run on TensorFlow, JAX and PyTorch)."""
+    import keras
+
+    backend = keras.backend.backend()
+    x = np.asarray(x, np.float32)
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.jacrev(fn)(x))
+    if backend == "torch":
+        import torch
+
+        return torch.autograd.functional.jacobian(fn, torch.tensor(x)).cpu().numpy()
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    return tape.jacobian(y, x).numpy()

@@ -1,18 +1,25 @@
-"""Run by tests/test_scaling.py in a fresh process: the loss of a fixed batch, and one SGD step on
-it, on one device and mirrored over two logical CPU devices. Prints the results as JSON.
+"""Run by tests/test_scaling.py (TensorFlow) and tests/test_backends.py (JAX) in a fresh process:
+the loss of a fixed batch, and one SGD step on it, on one device and mirrored over two devices.
+Prints the results as JSON.
 
-Logical devices must be configured before TensorFlow starts, hence a process of its own. The
-VAE's z_log_var is pinned to -30 (sigma = 3e-7), so the sampling noise, which the two replicas
-draw differently, moves nothing beyond float32 rounding, and the KL term is large.
+On TensorFlow the two devices are logical CPU devices and the mirroring a MirroredStrategy; on
+JAX they are XLA host devices (--xla_force_host_platform_device_count=2) and the mirroring a
+keras.distribution.DataParallel. Either must be configured before the backend starts, hence a
+process of its own. The VAE's z_log_var is pinned to -30 (sigma = 3e-7), so the sampling noise,
+which the two replicas draw differently, moves nothing beyond float32 rounding, and the KL term
+is large.
 """
 
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if os.environ.get("KERAS_BACKEND") == "jax":  # read when JAX starts its devices
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import common  # noqa: E402  (first: quiets TensorFlow's start-up logs)
 import keras  # noqa: E402
@@ -21,8 +28,9 @@ import tensorflow as tf  # noqa: E402
 
 from common import losses  # noqa: E402
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+if keras.backend.backend() == "tensorflow":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def lesson(name):
@@ -58,11 +66,18 @@ def measure(build, strategy):
     before = model.evaluate(batch, verbose=0, return_dict=True)
     model.fit(batch, epochs=1, verbose=0)
     after = model.evaluate(batch, verbose=0, return_dict=True)
-    return {"replicas": strategy.num_replicas_in_sync, "before": before, "after": after,
+    replicas = (strategy.device_mesh.devices.size if keras.backend.backend() == "jax"
+                else strategy.num_replicas_in_sync)
+    return {"replicas": replicas, "before": before, "after": after,
             "weights": float(sum(np.abs(w).sum() for w in model.get_weights()))}
 
 
-one = tf.distribute.get_strategy()
-two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+if keras.backend.backend() == "jax":
+    devices = keras.distribution.list_devices()
+    one = keras.distribution.DataParallel(devices=devices[:1])
+    two = keras.distribution.DataParallel(devices=devices)
+else:
+    one = tf.distribute.get_strategy()
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 print(json.dumps({name: [measure(build, one), measure(build, two)]
                   for name, build in (("vae", vae), ("plain", plain_autoencoder))}))

@@ -6,10 +6,10 @@ import common  # noqa: F401 - registers the custom objects for load_model
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import assert_figures
 from conftest import assert_usage_error
+from conftest import jacobian
 
 NAME = "ContractiveAutoEncoder"
 METRIC_KEYS = ["test_bce_nats", "test_mse_per_pixel", "mean_jacobian_frobenius",
@@ -28,33 +28,36 @@ def tiny(tiny_run):
     return tiny_run(NAME)
 
 
-def test_closed_form_jacobian_norm_matches_gradient_tape(lesson):
+@pytest.mark.every_backend
+def test_closed_form_jacobian_norm_matches_autodiff(lesson):
     rng = np.random.default_rng(0)
     layer = lesson.ContractiveDense(7, contraction=0.3)
-    x = tf.constant(rng.random((5, 11)), tf.float32)
+    x = rng.random((5, 11)).astype(np.float32)
     layer.build(x.shape)
     layer.kernel.assign(rng.normal(scale=0.8, size=(11, 7)).astype(np.float32))
     layer.bias.assign(rng.normal(size=7).astype(np.float32))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        codes = layer(x)
-    jacobian = tape.batch_jacobian(codes, x).numpy()           # (5, 7, 11): dh_j / dx_i
-    by_autodiff = np.sum(jacobian**2, axis=(1, 2))
+    full = jacobian(layer, x)                                    # (5, 7, 5, 11)
+    per_example = full[np.arange(5), :, np.arange(5), :]         # (5, 7, 11): dh_j / dx_i
+    by_autodiff = np.sum(per_example**2, axis=(1, 2))
+    codes = layer(x)
     closed_form = keras.ops.convert_to_numpy(lesson.sigmoid_jacobian_norm_sq(codes, layer.kernel))
     np.testing.assert_allclose(closed_form, by_autodiff, rtol=1e-5)
     assert by_autodiff.min() > 1e-3                             # not a trivially zero case
     # The layer adds lambda times the batch mean, and returns sigmoid(x W + b).
     assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(
         0.3 * by_autodiff.mean(), rel=1e-5)
-    expected_codes = 1 / (1 + np.exp(-(x.numpy() @ layer.kernel.numpy() + layer.bias.numpy())))
-    np.testing.assert_allclose(codes.numpy(), expected_codes, rtol=1e-5)
+    kernel, bias = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.bias))
+    expected_codes = 1 / (1 + np.exp(-(x @ kernel + bias)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(codes), expected_codes, rtol=1e-5)
 
 
+@pytest.mark.every_backend
 def test_only_sigmoid_units_are_accepted(lesson):
     with pytest.raises(ValueError, match="sigmoid units only"):
         lesson.ContractiveDense(4, activation="relu")
 
 
+@pytest.mark.every_backend
 def test_history_shows_the_jacobian_norm_and_the_model_round_trips(lesson, tmp_path):
     keras.utils.set_random_seed(0)
     model = lesson.build_autoencoder(lesson.build_encoder(12, 0.5), lesson.build_decoder(12))
@@ -74,6 +77,7 @@ def test_history_shows_the_jacobian_norm_and_the_model_round_trips(lesson, tmp_p
     assert isinstance(code, lesson.ContractiveDense) and code.contraction == 0.5
 
 
+@pytest.mark.every_backend
 def test_small_noise_moves_the_code_by_the_jacobian(lesson):
     """For small noise, ||h(x + e) - h(x)|| / ||e|| ~ ||J_h(x)||_F / sqrt(784), per image."""
     keras.utils.set_random_seed(3)

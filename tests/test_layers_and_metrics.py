@@ -1,4 +1,6 @@
-"""The math: closed-form KL, the Sampling layer, the Bernoulli loss, the ELBO and IWAE bounds."""
+"""The math: closed-form KL, the Sampling layer, the Bernoulli loss, the ELBO and IWAE bounds, and
+the penalties logged by PenalizedModel. Backend-neutral: tests/test_backends.py also runs these on
+JAX and on PyTorch."""
 
 import math
 
@@ -7,11 +9,15 @@ import keras
 import numpy as np
 import pytest
 
+from common.layers import PenalizedModel
 from common.layers import Sampling
 from common.layers import kl_divergence
 from common.losses import bernoulli_nll
+from common.losses import reconstruction_metric
 from common.metrics import active_units
 from common.metrics import evaluate_elbo
+
+pytestmark = pytest.mark.every_backend
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -24,15 +30,15 @@ def test_closed_form_kl_matches_monte_carlo():
     log_q = -0.5 * (eps**2 + log_var + math.log(2 * math.pi))
     log_p = -0.5 * (z**2 + math.log(2 * math.pi))
     monte_carlo = (log_q - log_p).sum(axis=-1).mean(axis=0)
-    closed_numpy = keras.ops.convert_to_numpy(kl_divergence(mu, log_var))  # float64
-    closed_keras = keras.ops.convert_to_numpy(kl_divergence(mu.astype("float32"),
-                                                            log_var.astype("float32")))
-    np.testing.assert_allclose(closed_numpy, monte_carlo, atol=0.02)
-    np.testing.assert_allclose(closed_keras, closed_numpy, rtol=1e-5)
+    closed_keras = kl(mu, log_var)
+    np.testing.assert_allclose(closed_keras, monte_carlo, atol=0.02)
 
 
 def kl(mu, log_var):
-    return keras.ops.convert_to_numpy(kl_divergence(mu, log_var))
+    """The layer's closed-form KL, on tensors of the backend (float32)."""
+    tensor = keras.ops.convert_to_tensor
+    return keras.ops.convert_to_numpy(kl_divergence(tensor(mu, "float32"),
+                                                    tensor(log_var, "float32")))
 
 
 def test_kl_is_zero_only_at_the_prior():
@@ -125,3 +131,28 @@ def test_active_units_counts_dimensions_whose_mean_varies():
     z_mean = np.stack([rng.normal(size=1000), 0.05 * rng.normal(size=1000),
                        np.full(1000, 3.0)], axis=1)   # variances 1, 0.0025, 0
     assert active_units(z_mean) == 1
+
+
+def test_penalized_model_logs_the_unweighted_kl_beside_the_loss(tmp_path):
+    """`kl_loss` and `val_kl_loss` come from the model's compute_loss on every backend, and the
+    model saves and loads as the registered class."""
+    keras.utils.set_random_seed(0)
+    images = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(images)
+    z_mean, z_log_var = keras.layers.Dense(2)(hidden), keras.layers.Dense(2)(hidden)
+    z = Sampling(beta=3.0, seed=0, name="sampling")([z_mean, z_log_var])
+    model = PenalizedModel(images, keras.layers.Dense(6)(z), name="vae")
+    model.compile(optimizer="adam", loss=bernoulli_nll, metrics=[reconstruction_metric()])
+    x = (np.random.default_rng(0).random((32, 6)) < 0.5).astype("float32")
+    history = model.fit(x, x, validation_data=(x, x), batch_size=32, epochs=2, verbose=0).history
+    assert len(history["kl_loss"]) == len(history["val_kl_loss"]) == 2
+    assert history["kl_loss"][0] > 0 and history["kl_loss"][1] != history["kl_loss"][0]
+    # One batch: loss = reconstruction + beta * KL, exactly.
+    scores = model.evaluate(x, x, batch_size=32, verbose=0, return_dict=True)
+    assert scores["loss"] == pytest.approx(
+        scores["reconstruction_loss"] + 3.0 * scores["kl_loss"], rel=1e-5)
+
+    model.save(tmp_path / "vae.keras")
+    loaded = keras.models.load_model(tmp_path / "vae.keras")
+    assert type(loaded) is PenalizedModel
+    assert [t.name for t in loaded.penalty_trackers] == ["kl_loss"]

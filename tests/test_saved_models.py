@@ -5,6 +5,11 @@ import json
 import subprocess
 import sys
 
+import common  # noqa: F401 - registers the suite's Keras objects
+import keras
+import numpy as np
+import pytest
+
 from conftest import LESSONS
 from conftest import ROOT
 
@@ -38,3 +43,23 @@ def test_every_saved_model_loads_in_a_fresh_process(tiny_run):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("loaded") == sum(len(models) for _, models in plan)
+
+
+# A model saved by the suite before its penalty layers logged through `PenalizedModel` (Keras
+# 3.15, TensorFlow): every penalty layer in one small functional model, and its outputs.
+BEFORE = ROOT / "tests" / "fixtures" / "penalty_layers_keras315_tf"
+
+
+@pytest.mark.every_backend
+def test_a_model_saved_before_penalized_model_still_loads_and_trains(lessons):
+    lessons["SparseAutoEncoder"], lessons["ContractiveAutoEncoder"]  # register their layers
+    model = keras.models.load_model(BEFORE.with_suffix(".keras"))
+    saved = np.load(BEFORE.with_suffix(".npz"))
+    # The outputs that draw no noise: the sparsity layer's, the contractive layer's, z_mean.
+    layers = ("kl_sparsity", "contractive", "z_mean")
+    deterministic = keras.Model(model.input, [model.get_layer(name).output for name in layers])
+    for i, output in enumerate(deterministic.predict(saved["inputs"], verbose=0)):
+        np.testing.assert_allclose(output, saved[f"out{i}"], rtol=1e-5, atol=1e-6)
+    x = np.random.default_rng(0).random((16, 6)).astype("float32")
+    history = model.fit(x, x, epochs=1, verbose=0).history  # its own optimizer state, restored
+    assert np.isfinite(history["loss"][0])

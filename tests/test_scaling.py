@@ -19,9 +19,13 @@ from conftest import written_outputs
 VAE = "VariationalAutoEncoder_tf2"
 
 
-def test_two_mirrored_replicas_give_the_single_device_loss_and_step():
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_mirrored_replicas_give_the_single_device_loss_and_step(backend):
+    """On TensorFlow, a MirroredStrategy over two logical CPUs; on JAX, keras.distribution's
+    DataParallel over two XLA host devices."""
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "replicas_check.py")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": backend})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for model in ("vae", "plain"):
