@@ -73,11 +73,6 @@ def _native_stderr_muted(active):
         os.close(devnull)
 
 
-# PyTorch's OpenMP threads spin while they wait for work; on a CPU shared with other processes
-# (or with tf.data's threads) that spinning slowed its training steps tenfold here. Passive
-# waiting must be asked for before PyTorch is first imported (it only concerns OpenMP).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 with _native_stderr_muted(_MUTE_STARTUP):
     import tensorflow as tf
 

@@ -1,4 +1,5 @@
-"""The noise models of common/noise.py, and the (noisy, clean) tf.data pipeline."""
+"""The noise models of common/noise.py, and the (noisy, clean) tf.data pipeline: TensorFlow code on
+every backend (Keras's fit reads tf.data on all three), so tested on TensorFlow alone."""
 
 import numpy as np
 import pytest

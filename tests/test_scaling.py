@@ -1,6 +1,8 @@
-"""Beyond one device, tested on the CPU: two mirrored replicas give the single-device loss, a
-two-process multi-worker run on 127.0.0.1 resumes and writes once, and mixed precision and
-TensorBoard work through the lessons' own command line."""
+"""Beyond one device, tested on the CPU: two mirrored replicas give the single-device loss (on
+TensorFlow, and on JAX through keras.distribution), a two-process multi-worker run on 127.0.0.1
+resumes and writes once (TensorFlow only, by nature: tf.distribute's MultiWorkerMirroredStrategy
+is what multi-worker means here), and mixed precision and TensorBoard work through the lessons'
+own command line (on the other backends: tests/test_backends.py)."""
 
 import json
 import os
