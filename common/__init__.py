@@ -1,8 +1,9 @@
 """Plumbing shared by the lessons of the suite: data, noise, layers, losses, metrics, plots,
 outputs, training, runtime and the command line.
 
-Importing the package registers its custom Keras objects (the `Sampling` layer and the
-`bernoulli_nll` loss), so a saved VAE, CVAE, autoencoder or denoiser loads with::
+Importing the package registers its custom Keras objects (the `Sampling` layer, the
+`PenalizedModel` that logs its KL, and the `bernoulli_nll` loss), so a saved VAE, CVAE,
+autoencoder or denoiser loads with::
 
     import common
     import keras

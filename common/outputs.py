@@ -241,6 +241,8 @@ def prepare_outputs(args, script, dataset=None):
     Call it once the flags and the data are checked: bad input creates nothing.
     """
     global _scratch
+    if dataset is not None:
+        runtime.check_batches(args, dataset)
     digest = settings_digest(args, dataset)
     tensorboard = getattr(args, "tensorboard", False)
     if not runtime.is_chief(args):  # another worker of a multi-worker run: write nothing to DIR

@@ -79,6 +79,10 @@ with _native_stderr_muted(_MUTE_STARTUP):
     import keras
 
     BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
+    if BACKEND == "jax":
+        # Deterministic GPU kernels; read when JAX first starts its devices, after this.
+        os.environ["XLA_FLAGS"] = " ".join(
+            [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
     if BACKEND != "tensorflow":
         # TensorFlow only reads the data: on the CPU, leaving the GPUs to the backend, and with
         # one thread of each pool, so that it does not compete with the backend's own threads
@@ -107,6 +111,30 @@ def check_supported(distribute):
                          "Backends")
 
 
+def check_batches(args, dataset):
+    """Refuse (`UsageError`) batches that --distribute mirrored on JAX cannot split: it shares
+    every batch evenly over the devices, the last one of the training and test splits too
+    (TensorFlow's strategies split any batch)."""
+    if BACKEND != "jax" or getattr(args, "distribute", "none") != "mirrored":
+        return
+    devices = len(keras.distribution.list_devices())
+    for split, size in (("training", len(dataset.x_train)), ("test", len(dataset.x_test))):
+        sizes = {min(args.batch_size, size), size % args.batch_size} - {0}
+        uneven = sorted(b for b in sizes if b % devices)
+        if uneven:
+            raise UsageError(f"--distribute mirrored on JAX splits every batch over its {devices} "
+                             f"devices, and {size:,} {split} images in batches of "
+                             f"{args.batch_size} leave a batch of {uneven[0]}: choose a "
+                             f"--batch-size (or --limit) that {devices} devices can share")
+
+
+def replicas():
+    """How many devices share each batch of a JAX DataParallel run; 1 otherwise (TensorFlow's
+    strategies split a batch of any size themselves)."""
+    distribution = keras.distribution.distribution() if BACKEND == "jax" else None
+    return distribution.device_mesh.devices.size if distribution is not None else 1
+
+
 def setup(args):
     """Set up the devices, the distribution (`args.distribute`), the precision policy
     (`args.mixed_precision`) and the seeds (`args.seed`), and say in one line what runs.
@@ -115,11 +143,7 @@ def setup(args):
     once, so several lessons (or a notebook) can share one GPU. On a machine without a GPU
     nothing changes and everything runs on the CPU.
     """
-    if BACKEND == "jax":
-        # Deterministic GPU kernels; read when JAX first looks at its devices, just below.
-        os.environ["XLA_FLAGS"] = " ".join(
-            [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
-    elif BACKEND == "torch":
+    if BACKEND == "torch":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     for gpu in tf.config.list_physical_devices("GPU") if BACKEND == "tensorflow" else []:
         try:

@@ -41,6 +41,7 @@ from keras import ops
 
 from common import data
 from common import outputs
+from common import runtime
 from common.errors import Diverged
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -121,7 +122,7 @@ def predict(model, inputs, batch_size=1024):
     """
     inputs = tuple(inputs) if isinstance(inputs, list) else inputs
     if keras.backend.backend() != "tensorflow":
-        return model.predict(inputs, batch_size=batch_size, verbose=0)
+        return _predict_evenly(model, inputs, batch_size)
     if model not in _inference_steps:
         weak = weakref.ref(model)  # the cache must not keep the model alive
         _inference_steps[model] = tf.function(lambda x: weak()(x, training=False),
@@ -132,6 +133,25 @@ def predict(model, inputs, batch_size=1024):
         return [np.concatenate([ops.convert_to_numpy(o[i]) for o in outputs])
                 for i in range(len(outputs[0]))]
     return np.concatenate([ops.convert_to_numpy(o) for o in outputs])
+
+
+def _predict_evenly(model, inputs, batch_size):
+    """`model.predict` in batches that JAX's DataParallel can split over its devices: the batch
+    size a multiple of their number, and the inputs padded with zero rows to a multiple of it,
+    the outputs of the padding then dropped. (With one device, nothing changes.)"""
+    devices = runtime.replicas()
+    arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+    rows = len(arrays[0])
+    padding = -rows % devices
+    if padding:
+        arrays = tuple(np.concatenate([a, np.zeros((padding, *a.shape[1:]), a.dtype)])
+                       for a in arrays)
+    batch_size = max(devices, batch_size - batch_size % devices)
+    outputs = model.predict(arrays if len(arrays) > 1 else arrays[0], batch_size=batch_size,
+                            verbose=0)
+    if isinstance(outputs, list):
+        return [o[:rows] for o in outputs]
+    return outputs[:rows]
 
 
 def fit(model, train, *, epochs, backup_dir, log_dir=None, validation_data=None, callbacks=(),

@@ -35,8 +35,12 @@ TIMING = ("seconds", "epoch_seconds")  # keys that measure the machine, not the 
 
 
 def on_backend(backend, command, timeout=600, **env):
+    """Run `command` as a user would, with KERAS_BACKEND=`backend`. (Importing TensorFlow here
+    set TF_CPP_MIN_LOG_LEVEL=1 in this process, which would ask the child for TensorFlow's
+    start-up notes; a user's shell has no such setting.)"""
+    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "KERAS_BACKEND": backend, **env})
+                          env={**inherited, "KERAS_BACKEND": backend, **env})
 
 
 class Run:
@@ -176,3 +180,39 @@ def test_the_backend_neutral_unit_tests_pass_on_the_backend(backend):
                                 "-m", "every_backend", "tests"])
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_mirrored_on_jax_refuses_a_batch_its_devices_cannot_share(small_mnist_npz, tmp_path):
+    out = tmp_path / "out"
+    done = on_backend("jax", [sys.executable, f"{VAE}.py", "--data", str(small_mnist_npz),
+                              "--limit", "101", "--batch-size", "64", "--distribute", "mirrored",
+                              "--out", str(out)],
+                      timeout=120, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{VAE}.py: error: --distribute mirrored on JAX splits every batch over its 2 devices, "
+        "and 101 training images in batches of 64 leave a batch of 37: choose a --batch-size "
+        "(or --limit) that 2 devices can share")
+    assert not out.exists()
+
+
+PREDICT_ON_TWO_DEVICES = """
+import numpy as np
+import common, keras
+from common import training
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+x = np.random.default_rng(0).random((7, 3)).astype("float32")
+alone = training.predict(model, x, batch_size=4)
+keras.distribution.set_distribution(keras.distribution.DataParallel())
+shared = training.predict(model, x, batch_size=5)  # 7 rows and batches of 5: neither even
+assert alone.shape == shared.shape == (7, 4), (alone.shape, shared.shape)
+np.testing.assert_allclose(shared, alone, rtol=1e-6)
+print("devices", keras.distribution.distribution().device_mesh.devices.size)
+"""
+
+
+def test_predict_on_jax_pads_what_two_devices_cannot_share():
+    done = on_backend("jax", [sys.executable, "-c", PREDICT_ON_TWO_DEVICES], timeout=120,
+                      XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["devices", "2"]
