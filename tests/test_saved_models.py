@@ -4,6 +4,7 @@ docstring and the book name: `import common`, or the lesson itself where it defi
 import json
 import subprocess
 import sys
+import zipfile
 
 import common  # noqa: F401 - registers the suite's Keras objects
 import keras
@@ -46,22 +47,43 @@ def test_every_saved_model_loads_in_a_fresh_process(tiny_run):
 
 
 # A model saved by the suite before its penalty layers logged through `PenalizedModel` (Keras
-# 3.15, TensorFlow; 50 KB, optimizer state included): every penalty layer in one small functional
-# model, and, as JSON, the inputs and outputs it gave then.
-BEFORE = ROOT / "tests" / "fixtures" / "penalty_layers_keras315_tf"
+# 3.15, TensorFlow): every penalty layer in one small functional model, kept as the text of its
+# .keras file (its config, and every group, attribute and array of its weights file), with the
+# inputs it was given and the outputs it gave then.
+BEFORE = ROOT / "tests" / "fixtures" / "saved_before_penalized_model.json"
+
+
+def rebuild_keras_file(fixture, path):
+    """Write the .keras file (a zip of config.json, metadata.json and model.weights.h5) that
+    `fixture` describes: the contents the earlier code saved, written again."""
+    import h5py
+
+    weights = path.with_suffix(".h5")
+    with h5py.File(weights, "w") as h5:
+        for group in fixture["weights.h5"]["groups"]:
+            h5.require_group(group)
+        for name, array in fixture["weights.h5"]["datasets"].items():
+            h5.create_dataset(name, data=np.asarray(array["value"], array["dtype"]))
+        for group, attributes in fixture["weights.h5"]["attrs"].items():
+            h5[group].attrs.update(attributes)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(fixture["config.json"]))
+        archive.writestr("metadata.json", json.dumps(fixture["metadata.json"]))
+        archive.write(weights, "model.weights.h5")
 
 
 @pytest.mark.every_backend
-def test_a_model_saved_before_penalized_model_still_loads_and_trains(lessons):
+def test_a_model_saved_before_penalized_model_still_loads_and_trains(lessons, tmp_path):
     lessons["SparseAutoEncoder"], lessons["ContractiveAutoEncoder"]  # register their layers
-    model = keras.models.load_model(BEFORE.with_suffix(".keras"))
-    saved = {k: np.asarray(v, "float32")
-             for k, v in json.loads(BEFORE.with_suffix(".json").read_text()).items()}
+    fixture = json.loads(BEFORE.read_text())
+    rebuild_keras_file(fixture, tmp_path / "before.keras")
+    model = keras.models.load_model(tmp_path / "before.keras")
     # The outputs that draw no noise: the sparsity layer's, the contractive layer's, z_mean.
     layers = ("kl_sparsity", "contractive", "z_mean")
     deterministic = keras.Model(model.input, [model.get_layer(name).output for name in layers])
-    for i, output in enumerate(deterministic.predict(saved["inputs"], verbose=0)):
-        np.testing.assert_allclose(output, saved[f"out{i}"], rtol=1e-5, atol=1e-6)
+    inputs = np.asarray(fixture["inputs"], "float32")
+    for output, saved in zip(deterministic.predict(inputs, verbose=0), fixture["outputs"]):
+        np.testing.assert_allclose(output, np.asarray(saved, "float32"), rtol=1e-5, atol=1e-6)
     x = np.random.default_rng(0).random((16, 6)).astype("float32")
     history = model.fit(x, x, epochs=1, verbose=0).history  # its own optimizer state, restored
     assert np.isfinite(history["loss"][0])
