@@ -86,7 +86,7 @@ with _native_stderr_muted(_MUTE_STARTUP):
     if BACKEND != "tensorflow":
         # TensorFlow only reads the data: on the CPU, leaving the GPUs to the backend, and with
         # one thread of each pool, so that it does not compete with the backend's own threads
-        # for the cores (on 2 cores, JAX's steps took 5.5 ms instead of 10).
+        # for the cores (on 2 loaded cores, JAX's steps took 5.5 ms instead of 10).
         tf.config.set_visible_devices([], "GPU")
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)

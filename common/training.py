@@ -99,12 +99,11 @@ def compile(model, loss, learning_rate, metrics=()):  # noqa: A001 - Keras's wor
     """
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                   metrics=list(metrics), steps_per_execution=1, jit_compile=False)
-    backend = keras.backend.backend()
     multi_worker = isinstance(tf.distribute.get_strategy(),
                               tf.distribute.MultiWorkerMirroredStrategy)
-    if not (multi_worker or backend == "torch"):
+    if not (multi_worker or runtime.BACKEND == "torch"):
         model.steps_per_execution = STEPS_PER_EXECUTION
-    model.jit_compile = backend == "jax"
+    model.jit_compile = runtime.BACKEND == "jax"
 
 
 _inference_steps = weakref.WeakKeyDictionary()  # model -> its compiled inference step
@@ -121,7 +120,7 @@ def predict(model, inputs, batch_size=1024):
     which compiles its step with `jax.jit` on JAX.
     """
     inputs = tuple(inputs) if isinstance(inputs, list) else inputs
-    if keras.backend.backend() != "tensorflow":
+    if runtime.BACKEND != "tensorflow":
         return _predict_evenly(model, inputs, batch_size)
     if model not in _inference_steps:
         weak = weakref.ref(model)  # the cache must not keep the model alive

@@ -42,6 +42,10 @@ TINY_ARGS = {
                                "--lambda", "1"],
 }
 LESSONS = list(TINY_ARGS)
+# What a user imports before keras.models.load_model, lesson by lesson: `common`, or the lesson
+# itself where it defines a layer.
+FIRST_IMPORT = {name: name if name in ("SparseAutoEncoder", "ContractiveAutoEncoder")
+                else "common" for name in LESSONS}
 
 
 class TinyRun(NamedTuple):

@@ -11,12 +11,10 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import FIRST_IMPORT
 from conftest import LESSONS
 from conftest import ROOT
 
-# What a user imports before keras.models.load_model, lesson by lesson.
-FIRST_IMPORT = {"SparseAutoEncoder": "SparseAutoEncoder",
-                "ContractiveAutoEncoder": "ContractiveAutoEncoder"}
 
 LOADER = """
 import importlib, json, sys
@@ -39,7 +37,7 @@ def test_every_saved_model_loads_in_a_fresh_process(tiny_run):
     for name in LESSONS:
         models = sorted(str(p) for p in (tiny_run(name).out / "models").glob("*.keras"))
         assert models, name
-        plan.append((FIRST_IMPORT.get(name, "common"), models))
+        plan.append((FIRST_IMPORT[name], models))
     done = subprocess.run([sys.executable, "-c", LOADER, json.dumps(plan)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
