@@ -4,28 +4,26 @@ An undercomplete autoencoder squeezes each image x through a code h = f(x) small
 learns to rebuild it, x_hat = g(h). Nothing else stops it from copying, so the narrow code is
 the whole lesson: to rebuild 784 pixels from 32 numbers it must keep what varies across digits.
 
-    minimise  E_x || x - g(f(x)) ||^2     (or the cross-entropy of x under x_hat)
-    $$ \min\ \mathbb{E}_x \|x - g(f(x))\|^2 \quad
-       \text{(or the cross-entropy of } x \text{ under } \hat{x}) $$
+    $$ \min_{f, g}\ \mathbb{E}_x \|x - g(f(x))\|^2 \quad
+       \text{(or the cross-entropy of } x \text{ under } \hat{x} = g(f(x))) $$
 
 PCA is the reference: no rank-k linear map rebuilds the data with a smaller squared error. A
 *linear* autoencoder can at best match it, and finds the same subspace (Baldi and Hornik, 1989);
-a *shallow* one (784 -> code -> 784, ReLU code, sigmoid output) is the classic "simplest
-autoencoder"; a *deep* one (784-512-256-code and mirrored) bends the subspace into a manifold.
-The lesson scores all four on the test split, then uses their codes as features (k-means and a
-linear probe), and with --sweep draws the test error against the code size. (How deep
-autoencoders were first trained, greedily, layer by layer, is the lesson GreedyPretraining.py.)
+a *shallow* one (784 -> code -> 784) is the classic "simplest autoencoder"; a *deep* one
+(784-512-256-code and mirrored) bends the subspace into a manifold. The lesson scores all four
+on the test split, uses their codes as features (k-means and a linear probe), and with --sweep
+draws the test error against the code size. (How deep autoencoders were first trained, layer
+by layer, is the lesson GreedyPretraining.py.)
 
     python AutoEncoder.py                                   # code size 32
     python AutoEncoder.py --sweep                           # also code sizes 2, 8, 16 and 64
     python AutoEncoder.py --code-dim 64 --binarize static   # the classic 64-unit setting
 
-It writes results/AutoEncoder.json, models/ae_*.keras and figures/ae_*.png; the defaults take
-about a minute and a half on 2 CPU cores (--sweep about five), and Ctrl-C then the same command
-resumes. The saved models load in a fresh process after `import common`.
+It writes results/AutoEncoder.json (its timings among them), models/ae_*.keras and
+figures/ae_*.png; Ctrl-C, then the same command, resumes. The saved models load in a fresh
+process after `import common`, which registers their loss.
 """
 
-import pathlib
 from typing import NamedTuple
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
@@ -38,9 +36,9 @@ from scipy.optimize import linear_sum_assignment
 from sklearn import cluster, decomposition, linear_model, metrics as sk_metrics, pipeline
 from sklearn import preprocessing
 
-from common import cli, data, errors, losses, metrics, outputs, plots, runtime, training
+from common import cli, data, errors, losses, metrics, outputs, plots, training
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "AutoEncoder"
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
 DEEP_UNITS = (512, 256)               # the deep encoder: 784-512-256-code, decoder mirrored
 SWEEP_CODE_DIMS = (2, 8, 16, 32, 64)  # the compression curve
@@ -51,8 +49,7 @@ TITLES = {"pixels": "raw pixels", "pca": "PCA", "linear": "linear AE", "shallow"
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=128,
-                             learning_rate=1e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=30, batch_size=128, learning_rate=1e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--code-dim", type=cli.positive_int, default=32,
                         help=f"size of the code, below {DEEP_UNITS[-1]} (the deep model's "
@@ -72,27 +69,23 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = load_data(args)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(
         dataset, args.batch_size, args.binarize, args.seed)
     train_inputs = training_inputs(dataset, args)
-    pca = decomposition.PCA(n_components=args.code_dim, random_state=args.seed).fit(
-        train_inputs.reshape(len(train_inputs), -1))
+    pca = fit_pca(train_inputs, args.code_dim, args.seed)
     models = build_models(args.code_dim)
-    fitted = {name: train(name, model, train_ds, test_ds, args, out)
+    fitted = {name: train(name, model, train_ds, test_ds, args, run)
               for name, model in models.items()}
-
     scores, codes, rebuilt = evaluate(pca, models, fitted, train_inputs, test_inputs)
-    features = {name: feature_scores(*pair, dataset, args.seed) for name, pair in codes.items()}
-    curve = compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args, out)
-    results = {**outputs.results_header(args, dataset), "models": scores, "features": features,
-               **subspace_results(models["linear"].decoder, pca), "compression_curve": curve}
-    out.write_results(results)
-    out.save_models(**{f"ae_{name}": model.autoencoder for name, model in models.items()})
-    draw_figures(dataset, test_inputs, rebuilt, results, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    angles = subspace_results(models["linear"].decoder, pca)
+    features = code_features(codes, dataset, args.seed)
+    curve = compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args, run)
+    results = {**run.header, "models": scores, "features": features, **angles,
+               "compression_curve": curve}
+    draw_figures(dataset, test_inputs, rebuilt, results, args, run.figures)
+    run.finish(results, ae_linear=models["linear"].autoencoder,
+               ae_shallow=models["shallow"].autoencoder, ae_deep=models["deep"].autoencoder)
     print_summary(results)
 
 
@@ -119,14 +112,19 @@ def training_inputs(dataset, args):
                                                                          args.seed)
 
 
-# -- Models: encoder f(x) -> code h, decoder g(h) -> x_hat, autoencoder g(f(x)) -------------------
-# $$ h = f(x), \quad \hat{x} = g(h) = g(f(x)) $$
-# PCA, the reference, is x_hat = mean + V V^T (x - mean), V the top-k eigenvectors of the training
-# covariance (scikit-learn fits it in closed form). Every autoencoder is an encoder and a decoder
+# -- Models: an encoder, a code, a decoder, and PCA to compare them with -------------------------
+# $$ \hat{x}_{\mathrm{PCA}} = \bar{x} + V V^\top (x - \bar{x}) $$
+# PCA, the reference, rebuilds x from its projection on V, the top k eigenvectors of the
+# training covariance (scikit-learn fits it in closed form). Every autoencoder is an encoder and a decoder
 # sub-model joined by the functional API, so the code of any image is `encoder(images)`. The
 # decoders trained on cross-entropy return pixel logits; a sigmoid turns them into grey images.
 # The codes and the outputs compute in float32 even under --mixed-precision: the scores are
 # computed from them.
+
+def fit_pca(train_inputs, code_dim, seed):
+    return decomposition.PCA(n_components=code_dim, random_state=seed).fit(
+        train_inputs.reshape(len(train_inputs), -1))
+
 
 class Autoencoder(NamedTuple):
     encoder: keras.Model
@@ -201,28 +199,36 @@ def build_models(code_dim):
     return models
 
 
-# -- Loss: ||x - x_hat||^2 / 784 for the linear model; -sum_i [x_i log x_hat_i + ...] for others --
+# -- Loss: squared error for the linear model, cross-entropy for the others ----------------------
 # $$ \tfrac{1}{784} \|x - \hat{x}\|^2 \ \text{(linear)}, \quad
 #    -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] \ \text{(others)} $$
 # The linear model trains on the squared error per pixel, the loss under which it matches PCA.
 # The shallow and deep ones train on the binary cross-entropy from the decoder's logits, summed
 # over the 784 pixels: nats per image (a Bernoulli log-likelihood with binary pixels, a
-# cross-entropy with grey levels).
+# cross-entropy with grey levels). Every model trains with Adam at --learning-rate.
 
 def compile_autoencoder(name, autoencoder, learning_rate):
     loss = keras.losses.MeanSquaredError() if name == "linear" else losses.bernoulli_nll
-    training.compile(autoencoder, loss=loss, learning_rate=learning_rate)
+    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    training.set_execution(autoencoder)  # steps per call and jax.jit, for this backend
 
 
-# -- Training: each model with Adam, the test split as validation data ----------------------------
+# -- Training: each model in turn, the test split as validation data -----------------------------
+# Keras's fit with two callbacks of common/training.py: a backup after every epoch, so that
+# Ctrl-C and the same command resume, and a stop at the first NaN or exploding loss; with
+# --tensorboard, Keras's TensorBoard too. Backups are named for the model and its code size.
 
-def train(name, model, train_ds, test_ds, args, out):
-    code_dim = model.encoder.output_shape[-1]
-    compile_autoencoder(name, model.autoencoder, args.learning_rate)
-    print(f"\n-- training {model.autoencoder.name}, code size {code_dim} --")
-    return training.fit(model.autoencoder, train_ds, validation_data=test_ds, epochs=args.epochs,
-                        backup_dir=out.checkpoint(f"{name}_{code_dim}"),
-                        log_dir=out.logs(f"{name}_{code_dim}"))
+def train(name, model, train_ds, test_ds, args, run):
+    autoencoder, code_dim = model.autoencoder, model.encoder.output_shape[-1]
+    compile_autoencoder(name, autoencoder, args.learning_rate)
+    print(f"\n-- training {autoencoder.name}, code size {code_dim} --")
+    backup = training.ResumableBackup(run.checkpoint(f"{name}_{code_dim}", autoencoder))
+    callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(f"{name}_{code_dim}")))
+    autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
+                    verbose=2)
+    return backup.fitted()
 
 
 # -- Evaluation on the test split: reconstruction, and the subspace of the linear model -----------
@@ -263,7 +269,7 @@ def evaluate(pca, models, fitted, train_inputs, test_inputs):
         scores[name] = {**(reconstruction_scores(test_inputs, images=output) if linear
                            else reconstruction_scores(test_inputs, logits=output)),
                         "parameters": int(model.autoencoder.count_params()),
-                        "train_seconds": fitted[name].seconds,
+                        "train_seconds": fitted[name].results()["train_seconds"],
                         "epoch_seconds": fitted[name].epoch_seconds}
     return scores, codes, rebuilt
 
@@ -284,10 +290,11 @@ def subspace_results(linear_decoder, pca):
 
 
 # -- Evaluation: the codes as features, without the labels and with them --------------------------
+# $$ \mathrm{NMI} = \frac{I(y; k)}{\tfrac{1}{2}\big(H(y) + H(k)\big)} $$
 # k-means with 10 clusters on the test codes, scored by the accuracy of the best one-to-one map
-# from clusters to labels (the Hungarian algorithm) and by the normalised mutual information
-# NMI = I(y; k) / mean(H(y), H(k)); and a linear probe, a logistic regression on the standardised
-# training codes, scored by its test accuracy.
+# from clusters to labels (the Hungarian algorithm) and by the normalised mutual information of
+# labels y and clusters k; and a linear probe, a logistic regression on the standardised
+# training codes, scored by its test accuracy. The raw pixels are the floor.
 
 def clustering_accuracy(labels, clusters):
     """contingency[c, k] counts examples of class c in cluster k; linear_sum_assignment picks the
@@ -309,11 +316,16 @@ def feature_scores(train_codes, test_codes, dataset, seed):
             "probe_accuracy": float(probe.score(test_codes, dataset.y_test))}
 
 
+def code_features(codes, dataset, seed):
+    """feature_scores of every representation: {name: (training codes, test codes)}."""
+    return {name: feature_scores(*pair, dataset, seed) for name, pair in codes.items()}
+
+
 # -- Evaluation: the compression curve, test squared error against the code size ------------------
 # PCA costs one fit per size, so it is drawn at every size; the autoencoders at --code-dim, and
 # with --sweep the shallow and deep ones are trained at every size of the sweep too.
 
-def compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args, out):
+def compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args, run):
     flat_train, flat_test = (x.reshape(len(x), -1) for x in (train_inputs, test_inputs))
     sizes = [d for d in sorted({*SWEEP_CODE_DIMS, args.code_dim}) if d <= min(len(flat_train),
                                                                             len(flat_test))]
@@ -327,7 +339,7 @@ def compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args
         for name, build in (("shallow", build_shallow), ("deep", build_deep)):
             if code_dim != args.code_dim:  # that one is trained already
                 model = build(code_dim)
-                train(name, model, train_ds, test_ds, args, out)
+                train(name, model, train_ds, test_ds, args, run)
                 logits = ops.convert_to_numpy(model.autoencoder(test_inputs, training=False))
                 curve[name][code_dim] = reconstruction_scores(
                     test_inputs, logits=logits)["test_mse_per_pixel"]

@@ -5,11 +5,10 @@ both networks, the encoder q(z | x, y) and the decoder p(x | z, y), while the pr
 p(z) = N(0, I). The label then says which digit to draw and z is left with the style (slant,
 stroke width, loops). It is trained by maximising the conditional evidence lower bound:
 
-    log p(x | y) >= E_q(z|x,y)[log p(x | z, y)] - KL(q(z | x, y) || p(z))
-    $$ \log p(x \mid y) \ge \mathbb{E}_{q(z \mid x, y)}[\log p(x \mid z, y)]
-       - \mathrm{KL}\big(q(z \mid x, y) \,\|\, p(z)\big) $$
+    $$ \log p(x|y) \ge E_{q(z|x,y)}[\log p(x|z,y)] - \mathrm{KL}(q(z|x,y) \| p(z)) $$
 
-To draw a digit d, decode z ~ N(0, I) with y = d. The lesson then checks that the label is
+To draw a digit d, decode z ~ N(0, I) with y = d. The lesson scores the test split in nats (the
+negative conditional ELBO and the IWAE estimate of -log p(x | y)), then checks that the label is
 obeyed: an independent judge, a small CNN trained here on real digits, labels hundreds of
 generated digits of every class, and the conditional accuracy is the fraction it labels as the
 digit asked for (about 0.1 if the decoder ignored the label).
@@ -18,12 +17,11 @@ digit asked for (about 0.1 if the decoder ignored the label).
     python ConditionalVAE.py --arch conv --latent-dim 8 --epochs 30
     python ConditionalVAE.py --samples-per-class 1000
 
-It writes results/ConditionalVAE.json, models/cvae*.keras, models/digit_classifier.keras and
-figures/cvae_*.png; the defaults take about a minute and a half on 2 CPU cores, and Ctrl-C then
-the same command resumes. The saved models load in a fresh process after `import common`.
+It writes results/ConditionalVAE.json (its timings among them), models/cvae*.keras,
+models/digit_classifier.keras and figures/cvae_*.png; Ctrl-C, then the same command, resumes.
+The saved models load in a fresh process after `import ConditionalVAE`, which registers its
+`Sampling` layer and loss.
 """
-
-import pathlib
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
@@ -32,13 +30,14 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import PenalizedModel, Sampling
+from common import cli, data, metrics, outputs, plots, training
+from common.layers import PenalizedModel
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "ConditionalVAE"
 HIDDEN_UNITS = 512          # the MLP's hidden layer: (784 + 10)-512-latent and back
 CONV_FILTERS = (32, 64)     # the conv encoder's two stride-2 layers: 28 -> 14 -> 7
 CONV_DENSE_UNITS = 128      # the conv encoder's dense layer, where the label joins
+PIXELS = int(np.prod(data.IMAGE_SHAPE))  # 784 terms in the reconstruction, one per pixel
 JUDGE_LEARNING_RATE = 1e-3  # the judge's Adam step size (not --learning-rate, the CVAE's)
 PREDICT_BATCH = 1000        # images per batch when generating and judging
 STYLE_COLUMNS = 12          # columns (one z each) in figures/cvae_digits.png
@@ -46,8 +45,7 @@ MAX_SAMPLES_PER_CLASS = 10_000  # 100,000 generated digits: a standard error und
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=40, batch_size=128,
-                             learning_rate=1e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=40, batch_size=128, learning_rate=1e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                         help="dense or convolutional encoder and decoder, both given the label")
@@ -76,35 +74,24 @@ def main(argv=None):
     args = parse_args(argv)
     # Checked before all else; the judge needs at least two classes to learn.
     dataset = data.load_dataset(args.dataset, args.data, args.limit, min_classes=2)
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(
         dataset, args.batch_size, args.binarize, args.seed, with_labels=True)
-    encoder = build_encoder(args.arch, args.latent_dim)
-    decoder = build_decoder(args.arch, args.latent_dim)
-    encoder.summary()
-    decoder.summary()
-    cvae = build_cvae(encoder, decoder, args.beta, args.seed)
+    encoder, decoder, cvae = build_cvae(args.arch, args.latent_dim, args.beta, args.seed)
     compile_cvae(cvae, args.learning_rate)
-    fitted = training.fit(cvae, train_ds, validation_data=test_ds, epochs=args.epochs,
-                          backup_dir=out.checkpoint("cvae"), log_dir=out.logs("cvae"))
-
-    z_mean, z_log_var = training.predict(encoder, (test_inputs, one_hot(dataset.y_test)))
-    scores = evaluate_elbo(decoder, test_inputs, dataset.y_test, z_mean, z_log_var, args)
-    judge, judge_fitted = train_judge(dataset, args, out)
+    fitted = train(cvae, train_ds, test_ds, args.epochs, args, run)
+    scores = evaluate_elbo(encoder, decoder, test_inputs, dataset.y_test, args)
+    judge, judge_timing = train_judge(dataset, args, run)
     verdict = evaluate_conditional_accuracy(decoder, judge, dataset, args)
-    results = {**outputs.results_header(args, dataset), **scores, **verdict, **fitted.results(),
-               "classifier_train_seconds": judge_fitted.seconds}
-    out.write_results(results)
-    out.save_models(cvae=cvae, cvae_encoder=encoder, cvae_decoder=decoder,
-                    digit_classifier=judge)
-    draw_figures(decoder, dataset, z_mean, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    results = {**run.header, **scores, **verdict, **fitted.results(), **judge_timing}
+    draw_figures(encoder, decoder, dataset, test_inputs, args, run.figures)
+    run.finish(results, cvae=cvae, cvae_encoder=encoder, cvae_decoder=decoder,
+               digit_classifier=judge)
     print_summary(results)
 
 
-# -- Data: binarized digits and their one-hot labels y --------------------------------------------
+# -- Data: binarized digits and their one-hot labels --------------------------------------------
+# $$ y = (y_0, \dots, y_9), \quad y_c = 1 \text{ if the digit is } c, \text{ else } 0 $$
 # The pipelines yield ((image, one-hot label), image): two inputs, and the image as the target,
 # binarized as in the VAE lesson (a fresh draw every epoch; the test split once, with a seed).
 
@@ -113,8 +100,8 @@ def one_hot(labels):
     return np.eye(data.NUM_CLASSES, dtype=np.float32)[np.asarray(labels)]
 
 
-# -- Encoder: q(z | x, y) = N(z_mean(x, y), diag(exp(z_log_var(x, y)))) -------------------------
-# $$ q(z \mid x, y) = \mathcal{N}\big(\mu(x, y), \mathrm{diag}(e^{\log \sigma^2(x, y)})\big) $$
+# -- Encoder: a diagonal Gaussian over z, given the image and its label -------------------------
+# $$ q(z|x,y) = N(\mu(x,y), \mathrm{diag}(\sigma^2(x,y))) $$
 # Two inputs. The image's features are concatenated with the one-hot label before the last hidden
 # layer, so the encoder knows which digit it is looking at and need not spend z on saying so.
 # The layers that feed the loss stay float32 under --mixed-precision, as in the VAE lesson.
@@ -139,8 +126,43 @@ def build_encoder(arch, latent_dim):
     return keras.Model([images, labels], [z_mean, z_log_var], name="encoder")
 
 
-# -- Decoder: p(x | z, y) = prod_i Bernoulli(x_i; sigmoid(l_i(z, y))) ----------------------------
-# $$ p(x \mid z, y) = \prod_i \mathrm{Bernoulli}\big(x_i; \sigma(l_i(z, y))\big) $$
+# -- Sampling: the reparameterisation trick, and the KL term ------------------------------------
+# $$ z = \mu + \sigma \odot \epsilon, \quad \epsilon \sim N(0, I); \qquad
+#    \mathrm{KL}(q(z|x,y) \| p(z))
+#    = -\frac{1}{2} \sum_j (1 + \log \sigma_j^2 - \mu_j^2 - \sigma_j^2) $$
+# As in the VAE lesson: drawing eps rather than z lets gradients flow into mu and log sigma^2, and
+# the KL between two Gaussians needs no sampling. The layer adds its batch mean, times beta, to
+# the loss with `add_loss`, and keeps the unweighted KL, which the `PenalizedModel` around it logs
+# as `kl_loss`. The label does not reach it: the prior p(z) = N(0, I) is the same for every digit.
+
+@keras.saving.register_keras_serializable(package="autoencoders")
+class Sampling(layers.Layer):
+    """z = mu + sigma * eps, adding beta * KL(q(z|x,y) || N(0, I)) to the model's loss."""
+
+    penalty_name = "kl_loss"  # the name PenalizedModel logs the unweighted KL under
+
+    def __init__(self, beta=1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.beta, self.seed = float(beta), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
+        self.last_penalty = ops.mean(kl)  # nats per image, averaged over the batch
+        self.add_loss(self.beta * self.last_penalty)
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "seed": self.seed}
+
+
+# -- Decoder: a Bernoulli distribution over the pixels, given z and the label -------------------
+# $$ p(x|z,y) = \prod_i \mathrm{Bernoulli}(x_i; \mathrm{sigmoid}(l_i(z,y))) $$
 # Two inputs, the style z and the one-hot label, concatenated. It returns logits; a sigmoid turns
 # them into the grey images (Bernoulli means) that we draw and that the judge labels.
 
@@ -150,7 +172,7 @@ def build_decoder(arch, latent_dim):
     x = layers.Concatenate(name="z_and_label")([z, labels])
     if arch == "mlp":
         x = layers.Dense(HIDDEN_UNITS, activation="relu", name="decoder_hidden")(x)
-        x = layers.Dense(int(np.prod(data.IMAGE_SHAPE)), name="pixel_logits", dtype="float32")(x)
+        x = layers.Dense(PIXELS, name="pixel_logits", dtype="float32")(x)
         logits = layers.Reshape(data.IMAGE_SHAPE, name="image_logits", dtype="float32")(x)
     else:
         x = layers.Dense(7 * 7 * CONV_FILTERS[-1], activation="relu", name="decoder_hidden")(x)
@@ -162,40 +184,71 @@ def build_decoder(arch, latent_dim):
     return keras.Model([z, labels], logits, name="decoder")
 
 
-# -- The CVAE: (x, y) -> encoder -> Sampling (adds beta * KL) -> decoder(z, y) -------------------
-# The `Sampling` layer of the VAE lesson (common/layers.py) draws z = mu + sigma * eps and adds
-#   beta * KL(q(z|x,y) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)),
-# which the `PenalizedModel` around it logs as `kl_loss`. The same label goes to both networks.
+# -- The CVAE: image and label, encoder, Sampling, decoder, logits ------------------------------
+# The same label goes to both networks. `PenalizedModel` is a functional `keras.Model` that logs
+# the KL its Sampling layer keeps.
 
-def build_cvae(encoder, decoder, beta, seed):
+def build_cvae(arch, latent_dim, beta, seed, summary=True):
+    encoder, decoder = build_encoder(arch, latent_dim), build_decoder(arch, latent_dim)
+    if summary:
+        encoder.summary()
+        decoder.summary()
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
     labels = keras.Input(shape=(data.NUM_CLASSES,), name="label")
     z_mean, z_log_var = encoder([images, labels])
     z = Sampling(beta=beta, seed=seed, name="sampling", dtype="float32")([z_mean, z_log_var])
-    return PenalizedModel([images, labels], decoder([z, labels]), name="cvae")
+    return encoder, decoder, PenalizedModel([images, labels], decoder([z, labels]), name="cvae")
 
 
-# -- Loss: -log p(x | z, y) + beta * KL, in nats per image ----------------------------------------
-# $$ -\log p(x \mid z, y) + \beta\, \mathrm{KL}\big(q(z \mid x, y) \,\|\, p(z)\big) $$
-# The Bernoulli negative log-likelihood from logits, summed over the 784 pixels, plus the KL that
-# the Sampling layer adds: the negative conditional ELBO, printed beside its two parts.
+# -- Loss: the negative conditional ELBO, in nats per image -------------------------------------
+# $$ -\mathrm{ELBO}(x, y)
+#    = \sum_{i=1}^{784} (\mathrm{softplus}(l_i) - x_i l_i) + \beta\,\mathrm{KL} $$
+# The first term is -log p(x|z,y), the Bernoulli negative log-likelihood from the logits (the
+# binary cross-entropy with from_logits=True, nothing clipped), summed over the 784 pixels; the
+# second is added by the Sampling layer. The log shows `loss`, `reconstruction_loss` and
+# `kl_loss`, and val_... of each.
+
+@keras.saving.register_keras_serializable(package="autoencoders")
+def bernoulli_nll(images, logits):
+    """-log p(x | z, y) per image: the binary cross-entropy from logits, summed over pixels."""
+    per_pixel = ops.binary_crossentropy(images, logits, from_logits=True)
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=-1)
+
 
 def compile_cvae(cvae, learning_rate):
-    training.compile(cvae, loss=losses.bernoulli_nll, learning_rate=learning_rate,
-                     metrics=[losses.reconstruction_metric()])
+    cvae.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=bernoulli_nll,
+                 metrics=[keras.metrics.MeanMetricWrapper(bernoulli_nll,
+                                                          name="reconstruction_loss")])
+    training.set_execution(cvae)  # steps per call and jax.jit, for this backend
 
 
-# -- Training ------------------------------------------------------------------------------------
-# `training.fit`, with the test split as validation data: loss, reconstruction_loss and kl_loss,
-# and val_... of each; a backup every epoch, and a stop at the first NaN loss.
+# -- Training -----------------------------------------------------------------------------------
+# Keras's fit, for the CVAE here and for the judge below, with three callbacks: a backup after
+# every epoch, so that Ctrl-C and the same command resume (`ResumableBackup`); a stop at the first
+# NaN or exploding loss (`StopOnDivergence`, against the untrained loss on a first batch of the
+# validation data, or of the training data without any); and, with --tensorboard, TensorBoard.
+
+def train(model, train_data, validation_data, epochs, args, run):
+    backup = training.ResumableBackup(run.checkpoint(model.name, model))
+    reference = train_data if validation_data is None else validation_data
+    callbacks = [training.StopOnDivergence(model, reference), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(model.name)))
+    model.fit(train_data, validation_data=validation_data, epochs=epochs, callbacks=callbacks,
+              verbose=2)
+    return backup.fitted()
 
 
-# -- Evaluation: the conditional ELBO on the test split -------------------------------------------
-# Each test image is encoded and decoded with its own label, so the negative ELBO and the IWAE
-# estimate bound -log p(x | y): the cost of the image once its digit is known.
+# -- Evaluation: the conditional ELBO on the test split -----------------------------------------
+# $$ \log p(x|y) \ge \log \frac{1}{k} \sum_{i=1}^k \frac{p(x|z_i,y)\, p(z_i)}{q(z_i|x,y)},
+#    \quad z_i \sim q(z|x,y) $$
+# Each test image is encoded and decoded with its own label, so the negative ELBO and this
+# importance-weighted (IWAE) estimate bound -log p(x | y): the cost of the image once its digit
+# is known. A latent unit is active when its posterior mean varies over the data.
 
-def evaluate_elbo(decoder, test_inputs, test_labels, z_mean, z_log_var, args):
+def evaluate_elbo(encoder, decoder, test_inputs, test_labels, args):
     labels = one_hot(test_labels)
+    z_mean, z_log_var = training.predict(encoder, (test_inputs, labels))
 
     def decode_logits(z, rows):  # rows[i] is the test image behind z[i]: decode with its label
         return decoder([z, labels[rows]], training=False)
@@ -209,8 +262,8 @@ def evaluate_elbo(decoder, test_inputs, test_labels, z_mean, z_log_var, args):
             "active_units": metrics.active_units(z_mean)}
 
 
-# -- The judge: p(y | x), an independent digit classifier -----------------------------------------
-# $$ p(y \mid x) $$
+# -- The judge: an independent digit classifier -------------------------------------------------
+# $$ p(y|x) = \mathrm{softmax}(f(x))_y, \quad \text{trained to minimise } -\log p(y|x) $$
 # A small CNN trained on the real, grey training digits. It never sees a generated digit while it
 # trains, so its verdict on them is an outside opinion; its accuracy on the real test digits is
 # the ceiling the conditional accuracy can reach.
@@ -227,22 +280,25 @@ def build_judge(seed):
     return keras.Model(images, logits, name="digit_classifier")
 
 
-def train_judge(dataset, args, out):
+def train_judge(dataset, args, run):
+    """The trained judge, and its training time for the results."""
     judge = build_judge(args.seed)
     judge.summary()
-    training.compile(judge, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                     learning_rate=JUDGE_LEARNING_RATE, metrics=["accuracy"])
+    judge.compile(optimizer=keras.optimizers.Adam(JUDGE_LEARNING_RATE),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    training.set_execution(judge)
     real_digits = data.batches((dataset.x_train, dataset.y_train), args.batch_size,
                                args.seed).prefetch(tf.data.AUTOTUNE)
-    fitted = training.fit(judge, real_digits, epochs=args.classifier_epochs,
-                          backup_dir=out.checkpoint("digit_classifier"),
-                          log_dir=out.logs("digit_classifier"))
-    return judge, fitted
+    fitted = train(judge, real_digits, None, args.classifier_epochs, args, run)
+    return judge, {"classifier_train_seconds": fitted.seconds}
 
 
-# -- Evaluation: does the decoder draw the digit it is asked for? ---------------------------------
-# For each class c, `per_class` codes z ~ N(0, I) are decoded with y = c and the judge labels the
-# images: the conditional accuracy is the fraction labelled c, overall and per class.
+# -- Evaluation: does the decoder draw the digit it is asked for? -------------------------------
+# $$ \mathrm{accuracy} = \frac{1}{10 n} \sum_{c=0}^{9} \sum_{i=1}^{n}
+#    \mathbf{1}[\arg\max_k p(k | \mathrm{decoder}(z_i, c)) = c], \quad z_i \sim N(0, I) $$
+# For each class c, n = --samples-per-class codes z are decoded with y = c and the judge labels
+# the images: the conditional accuracy is the fraction labelled c, overall and per class.
 
 def conditional_accuracy(generate, classify, latent_dim, per_class, seed=0,
                          num_classes=data.NUM_CLASSES):
@@ -280,9 +336,12 @@ def evaluate_conditional_accuracy(decoder, judge, dataset, args):
             "classifier_test_accuracy": judge_accuracy}
 
 
-# -- Figures, from the test split or the prior ----------------------------------------------------
+# -- Figures, from the test split or the prior --------------------------------------------------
+# A grid of every label drawn in a dozen styles z from the prior; style transfer, the z of a test
+# digit (encoded with its own label) decoded as every label; and the latent space of the test set.
 
-def draw_figures(decoder, dataset, z_mean, args, folder):
+def draw_figures(encoder, decoder, dataset, test_inputs, args, folder):
+    z_mean = training.predict(encoder, (test_inputs, one_hot(dataset.y_test)))[0]
     title = (f"{data.TITLES[args.dataset]} conditional VAE "
              f"({args.arch}, latent {args.latent_dim}, beta {args.beta:g})")
     digits = np.arange(data.NUM_CLASSES)
@@ -322,7 +381,7 @@ def plot_style_transfer(originals, transfers, class_names, path, title):
         plots.save_figure(fig, path)
 
 
-# -- Summary -------------------------------------------------------------------------------------
+# -- Summary ------------------------------------------------------------------------------------
 
 def print_summary(results):
     print(f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "

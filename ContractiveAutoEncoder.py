@@ -3,30 +3,25 @@ r"""Contractive autoencoder (CAE) on MNIST, in Keras 3 on TensorFlow, JAX or PyT
 A contractive autoencoder (Rifai et al., 2011) asks its code h(x) to be insensitive to the input:
 moving x a little should barely move h, except along the directions that the reconstruction
 needs, which are the directions in which digits vary. It adds to the reconstruction loss the
-squared Frobenius norm of the Jacobian of the code with respect to the input, which for sigmoid
-units h = s(W x + b), with dh_j / dx_i = h_j (1 - h_j) W_ji, has a closed form:
+squared Frobenius norm of the Jacobian of the code with respect to the input:
 
-    lambda * ||J_h(x)||_F^2 = lambda * sum_j (h_j (1 - h_j))^2 * sum_i W_ji^2
-    $$ \lambda \|J_h(x)\|_F^2 = \lambda \sum_j \big(h_j (1 - h_j)\big)^2 \sum_i W_{ji}^2 $$
+    $$ \mathrm{BCE}(x, \hat{x}) + \lambda \|J_h(x)\|_F^2,
+       \qquad J_h(x) = \frac{\partial h}{\partial x} $$
 
-one matrix-vector product per batch instead of a 196 x 784 Jacobian per image. The lesson
-trains the same network with lambda and with lambda = 0, from the same initial weights and
-batches, then measures on the test split the reconstruction error, the Jacobian norm, and how
-far the codes move when the test images get a little Gaussian noise.
+For sigmoid units the norm has a closed form, one matrix-vector product per batch instead of a
+196 x 784 Jacobian per image. The lesson trains the same network with lambda and with lambda = 0,
+from the same initial weights and batches, then measures on the test split the reconstruction
+error, the Jacobian norm, and how far the codes move when the test images get a little Gaussian
+noise.
 
     python ContractiveAutoEncoder.py                  # lambda 0.1, 196 sigmoid code units
     python ContractiveAutoEncoder.py --lambda 1       # a stronger contraction
     python ContractiveAutoEncoder.py --hidden 500 --epochs 50
 
-It writes results/ContractiveAutoEncoder.json, models/contractive_*.keras and
-figures/contractive_*.png; the defaults take about a minute on 2 CPU cores, and Ctrl-C
-then the same command resumes. The saved models load in a fresh process after
-`import ContractiveAutoEncoder`, run from this folder: importing the lesson registers its
-`ContractiveDense` layer (and runs nothing).
+It writes results/ContractiveAutoEncoder.json (its timings among them), models/contractive_*.keras
+and figures/contractive_*.png; Ctrl-C, then the same command, resumes. The saved models load in a
+fresh process after `import ContractiveAutoEncoder`, which registers its `ContractiveDense` layer.
 """
-
-import pathlib
-from typing import NamedTuple
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
@@ -34,10 +29,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from keras import layers, ops
 
-from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import PenalizedModel, add_penalty
+from common import cli, comparison, data, losses, metrics, outputs, plots, training
+from common.layers import PenalizedModel
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "ContractiveAutoEncoder"
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
 NOISE_LEVELS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # std of the Gaussian input noise
 HEADLINE_NOISE = 0.1    # the noise level reported in the summary (`headline_noise`)
@@ -47,8 +42,7 @@ MAX_HIDDEN = 2_000      # code units: the evaluation encodes the test split at e
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=64,
-                             learning_rate=3e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=30, batch_size=64, learning_rate=3e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--hidden", default=196,
                         type=cli.at_most(MAX_HIDDEN, "the evaluation holds 8 codes per test image"),
@@ -63,17 +57,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
-    # The network with lambda, then the same network with lambda = 0, compared side by side.
-    contractions = [args.contraction] + ([0.0] if args.contraction > 0 else [])
-    runs = {c: train_and_evaluate(c, dataset, args, out) for c in contractions}
-    results = {**outputs.results_header(args, dataset), **compare(runs, args)}
-    out.write_results(results)
-    out.save_models(**saved_models(runs))
-    draw_figures(runs, dataset, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
+    # The same network with lambda and with lambda = 0, from the same start, side by side.
+    trained = {contraction: train_and_evaluate(contraction, dataset, args, run)
+               for contraction in comparison.settings(args.contraction, baseline=0.0)}
+    results = {**run.header, **compare(trained, args)}
+    draw_figures(trained, dataset, args, run.figures)
+    run.finish(results, **comparison.saved_models("contractive", trained))
     print_summary(results)
 
 
@@ -83,18 +73,18 @@ def main(argv=None):
 # and the reconstruction loss is a cross-entropy.
 
 
-# -- Encoder: h(x) = sigmoid(W x + b), adding lambda * ||J_h(x)||_F^2 to the loss -----------------
-# $$ h(x) = \sigma(W x + b), \quad \text{adding } \lambda \|J_h(x)\|_F^2
-#    \text{ to the loss} $$
-# `ContractiveDense` is a Dense layer of sigmoid units whose `call` also adds the penalty, averaged
-# over the batch, with `add_loss`; the `PenalizedModel` around it logs the unweighted ||J||_F^2
-# as the metric `jacobian_norm_sq`, also when lambda = 0, so the baseline's log shows its
-# Jacobian growing. It and the logits feed the loss, so they compute in float32 even under
-# --mixed-precision.
+# -- Encoder: sigmoid code units that add their Jacobian's norm to the loss -----------------------
+# $$ h(x) = \sigma(W x + b), \qquad
+#    \|J_h(x)\|_F^2 = \sum_j \big(h_j (1 - h_j)\big)^2 \sum_i W_{ji}^2 $$
+# The closed form follows from the sigmoid's slope, h_j (1 - h_j), times the weights of unit j.
+# `ContractiveDense` is a Dense layer of sigmoid units whose `call` also adds lambda times the
+# norm, averaged over the batch, with `add_loss`; the `PenalizedModel` around it logs the
+# unweighted norm as `jacobian_norm_sq`, also when lambda = 0, so the baseline's log shows its
+# Jacobian growing. It and the logits compute in float32 even under --mixed-precision.
 
 def sigmoid_jacobian_norm_sq(codes, kernel):
-    """||J_h(x)||_F^2 per example for h = sigmoid(x W + b), W of shape (inputs, units):
-    sum_j (h_j (1 - h_j))^2 * sum_i W_ij^2."""
+    """The squared Frobenius norm of the code's Jacobian, per example, in closed form from the
+    sigmoid codes and the kernel W, of shape (inputs, units)."""
     slope_sq = ops.square(codes * (1.0 - codes))             # (batch, units)
     column_norms_sq = ops.sum(ops.square(kernel), axis=0)    # (units,)
     return ops.matmul(slope_sq, column_norms_sq)             # (batch,)
@@ -102,9 +92,10 @@ def sigmoid_jacobian_norm_sq(codes, kernel):
 
 @keras.saving.register_keras_serializable(package="autoencoders")
 class ContractiveDense(layers.Dense):
-    """A Dense layer of sigmoid units, h = s(x W + b), that adds lambda * ||J_h(x)||_F^2."""
+    """A Dense layer of sigmoid units that adds `contraction` times the squared Frobenius norm
+    of its Jacobian, averaged over the batch, to the loss."""
 
-    penalty_name = "jacobian_norm_sq"
+    penalty_name = "jacobian_norm_sq"  # the name PenalizedModel logs the unweighted norm under
 
     def __init__(self, units, contraction=0.1, **kwargs):
         activation = kwargs.pop("activation", "sigmoid")
@@ -116,8 +107,8 @@ class ContractiveDense(layers.Dense):
 
     def call(self, inputs, training=None):
         codes = super().call(inputs, training=training)
-        norm_sq = ops.mean(sigmoid_jacobian_norm_sq(codes, self.kernel))
-        add_penalty(self, norm_sq, self.contraction)
+        self.last_penalty = ops.mean(sigmoid_jacobian_norm_sq(codes, self.kernel))
+        self.add_loss(self.contraction * self.last_penalty)
         return codes
 
     def get_config(self):
@@ -131,7 +122,7 @@ def build_encoder(hidden, contraction):
     return keras.Model(images, codes, name="encoder")
 
 
-# -- Decoder: pixel logits l = W' h + b', one Bernoulli probability sigmoid(l) per pixel ---------
+# -- Decoder: one Bernoulli probability per pixel, from its logit ---------------------------------
 # $$ l = W' h + b', \quad \hat{x}_i = \sigma(l_i) $$
 
 def build_decoder(hidden):
@@ -141,65 +132,55 @@ def build_decoder(hidden):
     return keras.Model(codes, logits, name="decoder")
 
 
+# -- The autoencoder: image, encoder (with its penalty), decoder, logits --------------------------
+# `PenalizedModel` is a functional `keras.Model` that logs the penalty its encoder's layer keeps.
+
 def build_autoencoder(encoder, decoder):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
     return PenalizedModel(images, decoder(encoder(images)), name="contractive_autoencoder")
 
 
-# -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + lambda * ||J_h(x)||_F^2 ------
-# $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big]
-#    + \lambda \|J_h(x)\|_F^2 $$
-# The binary cross-entropy from the logits, summed over the 784 pixels, in nats per image; Keras
-# adds the encoder's penalty: loss = reconstruction_loss + lambda * jacobian_norm_sq.
+# -- Loss: the cross-entropy from the logits, plus the contraction --------------------------------
+# $$ \mathrm{BCE}(x, \hat{x})
+#    = -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] $$
+# Computed from the logits (nothing clipped) and summed over the 784 pixels, in nats per image;
+# Keras adds the encoder's penalty, so loss = reconstruction_loss + lambda * jacobian_norm_sq.
 
 def compile_autoencoder(autoencoder, learning_rate):
-    training.compile(autoencoder, loss=losses.bernoulli_nll, learning_rate=learning_rate,
-                     metrics=[losses.reconstruction_metric()])
+    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses.bernoulli_nll,
+                        metrics=[keras.metrics.MeanMetricWrapper(losses.bernoulli_nll,
+                                                                 name="reconstruction_loss")])
+    training.set_execution(autoencoder)  # steps per call and jax.jit, for this backend
 
 
-# -- Training: the same network with each lambda, from the same start -----------------------------
+# -- Training -------------------------------------------------------------------------------------
+# Keras's fit, with the test split as validation data and three callbacks: a backup after every
+# epoch, so that Ctrl-C and the same command resume (`ResumableBackup`), a stop at the first NaN
+# or exploding loss (`StopOnDivergence`), and, with --tensorboard, Keras's TensorBoard.
 
-class Run(NamedTuple):
-    """One trained network and what it did on the test split."""
-
-    encoder: keras.Model
-    decoder: keras.Model
-    autoencoder: keras.Model
-    fitted: training.Fitted
-    scores: dict
-    noise_size: np.ndarray       # mean ||e|| at each noise level
-    reconstructions: np.ndarray
-    noisy_inputs: np.ndarray     # the test images + Gaussian noise of std SHOWN_NOISE
-    noisy_reconstructions: np.ndarray
-
-
-def train_and_evaluate(contraction, dataset, args, out):
-    keras.utils.set_random_seed(args.seed)  # the same initial weights and batches for each one
-    train_ds, test_ds, test_inputs = data.autoencoder_datasets(
-        dataset, args.batch_size, args.binarize, args.seed)
-    encoder, decoder = build_encoder(args.hidden, contraction), build_decoder(args.hidden)
-    if contraction == args.contraction:
-        encoder.summary()
-        decoder.summary()
-    autoencoder = build_autoencoder(encoder, decoder)
-    compile_autoencoder(autoencoder, args.learning_rate)
-    print(f"\ntraining with lambda = {contraction:g}")
-    fitted = training.fit(autoencoder, train_ds, validation_data=test_ds, epochs=args.epochs,
-                          backup_dir=out.checkpoint(f"lambda_{contraction:g}"),
-                          log_dir=out.logs(f"lambda_{contraction:g}"))
-    return evaluate(encoder, decoder, autoencoder, fitted, test_inputs, args.seed)
+def train(autoencoder, name, train_ds, test_ds, args, run):
+    backup = training.ResumableBackup(run.checkpoint(name, autoencoder))
+    callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
+    autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
+                    verbose=2)
+    return backup.fitted()
 
 
 # -- Evaluation on the test split: reconstruction, Jacobian norm, code sensitivity ----------------
-# How far the code moves under Gaussian input noise e ~ N(0, sigma^2 I): mean ||h(x + e) - h(x)||
-# / ||e||. For small sigma, h(x + e) - h(x) ~ J e, and with 784 pixels ||J e|| ~ sigma ||J||_F
-# while ||e|| ~ 28 sigma, so the ratio tends to ||J_h(x)||_F / 28: a check of the closed form.
+# $$ \frac{\|h(x + e) - h(x)\|}{\|e\|} \approx \frac{\|J_h(x)\|_F}{\sqrt{784}},
+#    \qquad e \sim N(0, \sigma^2 I) $$
+# How far the code moves under Gaussian input noise, per unit of noise. For small sigma the
+# change is J e, of size about sigma ||J||_F, while ||e|| is about 28 sigma: the ratio then
+# checks the closed form.
 
 def code_sensitivity(encode, x, noise_levels, seed):
-    """Mean over images of ||h(x + e) - h(x)|| / ||e||, of ||h(x + e) - h(x)|| and of ||e||, at
-    each sigma of `noise_levels`. One direction eps ~ N(0, I) per image is drawn (seeded) and
-    scaled by every sigma, so both models and all noise levels see the same noise; the noisy
-    images are not clipped to [0, 1] (this probes the function h). One call encodes them all."""
+    """How far the code moves per unit of noise, how far it moves, and how large the noise is,
+    each a mean over images, at each sigma of `noise_levels`. One direction eps ~ N(0, I) per
+    image is drawn (seeded) and scaled by every sigma, so both models and all noise levels see
+    the same noise; the noisy images are not clipped to [0, 1] (this probes the function h).
+    One call encodes them all."""
     flat = x.reshape(len(x), -1)
     eps = np.random.default_rng(seed).standard_normal(flat.shape).astype(np.float32)
     noisy = np.concatenate([flat + sigma * eps for sigma in noise_levels])
@@ -210,7 +191,8 @@ def code_sensitivity(encode, x, noise_levels, seed):
     return np.mean(change / size, axis=1), np.mean(change, axis=1), np.mean(size, axis=1)
 
 
-def evaluate(encoder, decoder, autoencoder, fitted, test_inputs, seed):
+def evaluate(encoder, decoder, test_inputs, seed):
+    """The scores on the test split, and the arrays the figures draw."""
     def encode(images):
         return training.predict(encoder, images)
 
@@ -228,57 +210,70 @@ def evaluate(encoder, decoder, autoencoder, fitted, test_inputs, seed):
               "code_change_per_noise": float(ratio[NOISE_LEVELS.index(HEADLINE_NOISE)]),
               "code_change_per_noise_by_level": [float(r) for r in ratio],
               "code_change_by_level": [float(c) for c in change]}
-    return Run(encoder, decoder, autoencoder, fitted, scores, noise_size,
-               ops.convert_to_numpy(ops.sigmoid(logits)), noisy,
-               ops.convert_to_numpy(ops.sigmoid(noisy_logits)))
+    return scores, {"noise_size": noise_size,  # mean ||e|| at each noise level
+                    "reconstructions": ops.convert_to_numpy(ops.sigmoid(logits)),
+                    "noisy_inputs": noisy,  # the test images + noise of std SHOWN_NOISE
+                    "noisy_reconstructions": ops.convert_to_numpy(ops.sigmoid(noisy_logits))}
+
+
+# -- Lambda against 0: the same network twice, from the same start --------------------------------
+# Each setting resets every seed first, so both networks start from the same weights and see the
+# same batches: the differences below are the contraction's doing.
+
+def train_and_evaluate(contraction, dataset, args, run):
+    keras.utils.set_random_seed(args.seed)  # the same initial weights and batches for each one
+    train_ds, test_ds, test_inputs = data.autoencoder_datasets(
+        dataset, args.batch_size, args.binarize, args.seed)
+    encoder, decoder = build_encoder(args.hidden, contraction), build_decoder(args.hidden)
+    if contraction == args.contraction:
+        encoder.summary()
+        decoder.summary()
+    autoencoder = build_autoencoder(encoder, decoder)
+    compile_autoencoder(autoencoder, args.learning_rate)
+    print(f"\ntraining with lambda = {contraction:g}")
+    fitted = train(autoencoder, f"lambda_{contraction:g}", train_ds, test_ds, args, run)
+    scores, arrays = evaluate(encoder, decoder, test_inputs, args.seed)
+    return comparison.Trained(encoder, decoder, autoencoder, fitted, scores, arrays)
 
 
 # -- Results: penalized_... and baseline_..., side by side ----------------------------------------
 
-def compare(runs, args):
-    results = {"noise_levels": list(NOISE_LEVELS), "headline_noise": HEADLINE_NOISE}
-    for label, contraction in (("penalized", args.contraction), ("baseline", 0.0)):
-        if contraction in runs and not (label == "penalized" and contraction == 0):
-            run = runs[contraction]
-            results.update({f"{label}_{k}": v
-                            for k, v in {**run.scores, **run.fitted.results()}.items()})
-    return results
-
-
-def saved_models(runs):
-    return {f"contractive_{contraction:g}{part}": model for contraction, run in runs.items()
-            for part, model in (("", run.autoencoder), ("_encoder", run.encoder),
-                                ("_decoder", run.decoder))}
+def compare(trained, args):
+    return {"noise_levels": list(NOISE_LEVELS), "headline_noise": HEADLINE_NOISE,
+            **comparison.side_by_side(trained, args.contraction, baseline=0.0)}
 
 
 # -- Figures, all from the test split -------------------------------------------------------------
+# How far the code moves against the size of the noise, and test images, clean and noisy, with
+# their reconstructions, for each lambda.
 
-def draw_figures(runs, dataset, args, folder):
+def draw_figures(trained, dataset, args, folder):
     title = (f"{data.TITLES[args.dataset]} contractive autoencoder, "
              f"{args.hidden} sigmoid code units")
-    plot_sensitivity(runs, folder / "contractive_sensitivity.png",
+    plot_sensitivity(trained, folder / "contractive_sensitivity.png",
                      f"{title}\nhow far the code moves under Gaussian input noise "
                      f"({len(dataset.x_test):,} test images)")
     picked = data.examples_per_class(dataset.y_test, 2)
     test_inputs = data.test_inputs(dataset, args.binarize, args.seed)
-    noisy = next(iter(runs.values())).noisy_inputs[picked]  # the same noise for every run
-    rows = ([test_inputs[picked]] + [run.reconstructions[picked] for run in runs.values()]
-            + [np.clip(noisy, 0, 1)] + [run.noisy_reconstructions[picked] for run in runs.values()])
-    labels = (["test image"] + [f"lambda {c:g}" for c in runs] + [f"+ noise, std {SHOWN_NOISE:g}"]
-              + [f"lambda {c:g}, from noisy" for c in runs])
+    arrays = [t.arrays for t in trained.values()]
+    noisy = arrays[0]["noisy_inputs"][picked]  # the same noise for every lambda
+    rows = ([test_inputs[picked]] + [a["reconstructions"][picked] for a in arrays]
+            + [np.clip(noisy, 0, 1)] + [a["noisy_reconstructions"][picked] for a in arrays])
+    labels = (["test image"] + [f"lambda {c:g}" for c in trained]
+              + [f"+ noise, std {SHOWN_NOISE:g}"] + [f"lambda {c:g}, from noisy" for c in trained])
     plots.plot_image_rows(rows, labels, folder / "contractive_reconstructions.png",
                           f"{title}\ntest images and their reconstructions")
 
 
-def plot_sensitivity(runs, path, title):
-    """Left: mean ||h(x + e) - h(x)|| against mean ||e||. Right: their ratio against sigma,
-    with the first-order prediction mean ||J_h(x)||_F / sqrt(784) as a dashed line."""
+def plot_sensitivity(trained, path, title):
+    """Left: the mean code change against the mean noise size. Right: their ratio against sigma,
+    with the first-order prediction, mean ||J_h(x)||_F / sqrt(784), as a dashed line."""
     with plt.style.context(plots.STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-        for i, (contraction, run) in enumerate(runs.items()):
-            scores, colour, label = run.scores, f"C{i}", f"lambda {contraction:g}"
-            left.loglog(run.noise_size, scores["code_change_by_level"], "o-", color=colour,
-                        label=label)
+        for i, (contraction, result) in enumerate(trained.items()):
+            scores, colour, label = result.scores, f"C{i}", f"lambda {contraction:g}"
+            left.loglog(result.arrays["noise_size"], scores["code_change_by_level"], "o-",
+                        color=colour, label=label)
             right.semilogx(NOISE_LEVELS, scores["code_change_per_noise_by_level"], "o-",
                            color=colour, label=label)
             right.axhline(scores["mean_jacobian_frobenius"] / np.sqrt(PIXELS), color=colour,
@@ -296,26 +291,19 @@ def plot_sensitivity(runs, path, title):
         plots.save_figure(fig, path)
 
 
-# -- Summary -------------------------------------------------------------------------------------
+# -- Summary --------------------------------------------------------------------------------------
 
 def print_summary(results):
-    labels = [label for label in ("penalized", "baseline") if f"{label}_test_bce_nats" in results]
-    lambdas = {"penalized": results["contraction"], "baseline": 0.0}
-    print(f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "
-          f"({results['binarize']} binarization; none = grey levels as targets):")
-    print(f"  {'':40s}" + "".join(f"{'lambda ' + format(lambdas[label], 'g'):>14s}"
-                                  for label in labels))
-    rows = [
-        ("reconstruction, BCE nats/image", "test_bce_nats", "{:14.2f}"),
-        ("reconstruction, MSE per pixel", "test_mse_per_pixel", "{:14.5f}"),
-        ("mean ||J_h(x)||_F", "mean_jacobian_frobenius", "{:14.3f}"),
-        (f"||h(x+e) - h(x)|| / ||e||, std {results['headline_noise']:g}", "code_change_per_noise",
-         "{:14.4f}"),
-        ("training seconds", "train_seconds", "{:14.1f}"),
-    ]
-    for text, key, fmt in rows:
-        print(f"  {text:40s}" + "".join(fmt.format(results[f"{label}_{key}"])
-                                        for label in labels))
+    comparison.print_table(
+        f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "
+        f"({results['binarize']} binarization; none = grey levels as targets):",
+        {"penalized": f"lambda {results['contraction']:g}", "baseline": "lambda 0"},
+        [("reconstruction, BCE nats/image", "test_bce_nats", ".2f"),
+         ("reconstruction, MSE per pixel", "test_mse_per_pixel", ".5f"),
+         ("mean ||J_h(x)||_F", "mean_jacobian_frobenius", ".3f"),
+         (f"||h(x+e) - h(x)|| / ||e||, std {results['headline_noise']:g}",
+          "code_change_per_noise", ".4f"),
+         ("training seconds", "train_seconds", ".1f")], results)
 
 
 if __name__ == "__main__":

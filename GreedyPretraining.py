@@ -4,8 +4,7 @@ Deep autoencoders were first trained greedily, one layer at a time (Hinton and S
 2006, with RBMs; Bengio et al., 2007, with autoencoders, as here). Stage k trains a shallow
 autoencoder on the codes h_{k-1} of the layers below, already trained and now fixed (h_0 = x):
 
-    stage k:  minimise  E || h_{k-1} - g_k(f_k(h_{k-1})) ||,   h_k = f_k(h_{k-1})
-    $$ \text{stage } k: \quad \min\ \mathbb{E} \big\|h_{k-1} - g_k(f_k(h_{k-1}))\big\|,
+    $$ \text{stage } k: \quad \min_{f_k, g_k}\ \mathbb{E} \big\|h_{k-1} - g_k(f_k(h_{k-1}))\big\|,
        \qquad h_k = f_k(h_{k-1}) $$
 
 then the encoders f_1..f_n and the decoders g_n..g_1 are stacked into one deep autoencoder
@@ -19,33 +18,30 @@ show what it still buys (a head start) and what it costs (the stages' time).
     python GreedyPretraining.py --pretrain-epochs 20
     python GreedyPretraining.py --code-dim 8 --epochs 50
 
-It writes results/GreedyPretraining.json, models/pretraining_*.keras and figures/pretraining_*.png;
-the defaults take about two minutes on 2 CPU cores, and Ctrl-C then the same command resumes. The
-saved models load in a fresh process after `import common`.
+It writes results/GreedyPretraining.json (its timings among them), models/pretraining_*.keras
+and figures/pretraining_*.png; Ctrl-C, then the same command, resumes. The saved models load in
+a fresh process after `import common`, which registers their loss.
 """
 
-import pathlib
 from typing import NamedTuple
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
-from matplotlib import ticker
 from keras import layers, ops
+from matplotlib import ticker
 
-from common import cli, data, losses, metrics, outputs, plots, runtime, training
+from common import cli, data, losses, metrics, outputs, plots, training
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "GreedyPretraining"
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
 DEEP_UNITS = (512, 256)  # the deep encoder: 784-512-256-code, decoder mirrored
 APPROACHES = {"random_init": "from random weights", "greedy": "greedy pretraining first"}
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=128,
-                             learning_rate=1e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=30, batch_size=128, learning_rate=1e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--code-dim", type=cli.positive_int, default=32,
                         help=f"size of the code, below {DEEP_UNITS[-1]}")
@@ -63,16 +59,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
-    runs = {approach: train(approach, dataset, args, out) for approach in APPROACHES}
-    results = {**outputs.results_header(args, dataset), **compare(runs)}
-    out.write_results(results)
-    out.save_models(**{f"pretraining_{approach}": run.model.autoencoder
-                       for approach, run in runs.items()})
-    draw_figures(runs, results, dataset, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
+    trained = {approach: train(approach, dataset, args, run) for approach in APPROACHES}
+    results = {**run.header, **compare(trained)}
+    draw_figures(trained, results, dataset, args, run.figures)
+    run.finish(results, pretraining_random_init=trained["random_init"].model.autoencoder,
+               pretraining_greedy=trained["greedy"].model.autoencoder)
     print_summary(results)
 
 
@@ -86,7 +78,7 @@ def training_inputs(dataset, args):
     return images.reshape(len(images), -1)
 
 
-# -- Model: the deep autoencoder as pairs of layers (f_k, g_k), from the pixels inwards -----------
+# -- Model: the deep autoencoder as pairs of layers, from the pixels inwards ----------------------
 # Pair k is the shallow autoencoder of stage k: f_k maps the codes of layer k - 1 (the pixels for
 # k = 1) to layer k, and g_k maps them back. The code layer f_n is linear, g_1 gives pixel logits.
 # `build_deep` stacks the very same layer objects, so fine-tuning starts where the stages ended.
@@ -128,7 +120,7 @@ def build_deep(pairs, name):
                                                      name=f"{name}_autoencoder"))
 
 
-# -- Loss: stage 1 and end to end, the cross-entropy -sum_i [x_i log x_hat_i + ...] in nats -------
+# -- Loss: stage 1 and end to end, the cross-entropy in nats per image ---------------------------
 # $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] $$
 # per image, from the logits; stages 2 and up rebuild unbounded ReLU codes, so their loss is the
 # squared error. Every stage, and the fine-tuning, uses Adam at --learning-rate.
@@ -137,7 +129,31 @@ def stage_loss(k):
     return losses.bernoulli_nll if k == 0 else keras.losses.MeanSquaredError()
 
 
-# -- Greedy layer-wise pretraining ----------------------------------------------------------------
+def compile_model(model, loss, learning_rate):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    training.set_execution(model)  # steps per call and jax.jit, for this backend
+
+
+# -- Training: Keras's fit, for every stage and for both deep models ------------------------------
+# With two callbacks of common/training.py: a backup after every epoch, so that Ctrl-C and the
+# same command resume (each model, stage or deep, under its own name), and a stop at the first
+# NaN or exploding loss; with --tensorboard, Keras's TensorBoard too.
+
+def fit_model(model, name, batches, epochs, args, run, validation_data=None, callbacks=()):
+    backup = training.ResumableBackup(run.checkpoint(name, model))
+    watched = batches if validation_data is None else validation_data
+    callbacks = [training.StopOnDivergence(model, watched), backup, *callbacks]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
+    model.fit(batches, validation_data=validation_data, epochs=epochs, callbacks=callbacks,
+              verbose=2)
+    return backup.fitted()
+
+
+# -- Greedy layer-wise pretraining: one pair of layers at a time ----------------------------------
+# Stage k joins f_k and g_k into a shallow autoencoder and trains it on h_{k-1}, the codes of the
+# stages below, computed once by their trained encoders: the layers below stay as they are. Its
+# training data are (h, h) pairs, reshuffled every epoch with --seed.
 
 class Stage(NamedTuple):
     name: str
@@ -146,34 +162,44 @@ class Stage(NamedTuple):
     fitted: training.Fitted
 
 
-def greedy_pretrain(pairs, images, args, backup_dir, log_dir=lambda name: None,
-                    callbacks=lambda name: ()):
+def greedy_pretrain(pairs, images, args, run, callbacks=()):
     """Train the pairs one after another, each on the codes of the ones below; return the stages.
 
-    `images` are flat (N, 784); backup_dir(name) and log_dir(name) are the checkpoint and
-    TensorBoard folders of the stage `name`, and callbacks(name) any more callbacks for it.
+    `images` are flat (N, 784); `callbacks` are added to those of every stage.
     """
     inputs, stages = images, []
     for k, (encoder_layer, decoder_layer) in enumerate(pairs):
         codes = keras.Input(shape=(inputs.shape[1],), name=f"codes_{k}")
         stage = keras.Model(codes, decoder_layer(encoder_layer(codes)),
                             name=f"pretrain_stage_{k + 1}")
-        training.compile(stage, loss=stage_loss(k), learning_rate=args.learning_rate)
-        batches = (data.batches(inputs, args.batch_size, args.seed)
-                   .map(lambda codes: (codes, codes)).prefetch(tf.data.AUTOTUNE))
-        fitted = training.fit(stage, batches, epochs=args.pretrain_epochs,
-                              backup_dir=backup_dir(stage.name), log_dir=log_dir(stage.name),
-                              callbacks=callbacks(stage.name))
+        compile_model(stage, stage_loss(k), args.learning_rate)
+        batches = data.batches((inputs, inputs), args.batch_size, args.seed)
+        fitted = fit_model(stage, stage.name, batches, args.pretrain_epochs, args, run,
+                           callbacks=callbacks)
         stages.append(Stage(stage.name, encoder_layer.name, inputs, fitted))
-        # The next stage's training data, in float32 as its Input (under --mixed-precision the
-        # hidden layers compute in bfloat16, which DLPack, and so data.batches, cannot take).
+        # The next stage's training data, in float32 like its Input (under --mixed-precision the
+        # hidden layers compute in bfloat16).
         inputs = ops.convert_to_numpy(ops.cast(encoder_layer(inputs), "float32"))
     return stages
 
 
-# -- Training: the deep model from random weights, or pretrained, then end to end -----------------
+# -- Evaluation on the test split -----------------------------------------------------------------
+# Each deep model is scored before its first end-to-end epoch (the pretrained one: the stages
+# simply stacked) and after its last, by the cross-entropy and the squared error per pixel.
 
-class Run(NamedTuple):
+def evaluate(model, test_inputs):
+    """Test cross-entropy and squared error of the model as it is, and its reconstructions."""
+    logits = training.predict(model.autoencoder, test_inputs)
+    return (metrics.reconstruction_errors(test_inputs, logits),
+            ops.convert_to_numpy(ops.sigmoid(logits)))
+
+
+# -- The comparison: the deep model from random weights, or pretrained, then end to end -----------
+# The same seed for both: the same initial weights (drawn as the layers are created) and the
+# same batches, so the pretraining is the only difference. The test loss by epoch starts at
+# epoch 0, before end-to-end training.
+
+class Trained(NamedTuple):
     model: Autoencoder
     stages: list              # the pretraining stages (none from random weights)
     before: dict              # test scores before the first end-to-end epoch
@@ -183,9 +209,7 @@ class Run(NamedTuple):
     images_after: np.ndarray
 
 
-def train(approach, dataset, args, out):
-    # The same seed for both: the same initial weights (drawn as the layers are created) and the
-    # same batches, so the pretraining is the only difference.
+def train(approach, dataset, args, run):
     keras.utils.set_random_seed(args.seed)
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(
         dataset, args.batch_size, args.binarize, args.seed)
@@ -194,55 +218,45 @@ def train(approach, dataset, args, out):
     if approach == "greedy":
         print(f"\n-- greedy layer-wise pretraining: {len(pairs)} stages of "
               f"{args.pretrain_epochs} epochs --")
-        stages = greedy_pretrain(pairs, training_inputs(dataset, args), args, out.checkpoint,
-                                 out.logs)
+        stages = greedy_pretrain(pairs, training_inputs(dataset, args), args, run)
     model = build_deep(pairs, approach)
-    training.compile(model.autoencoder, loss=losses.bernoulli_nll, learning_rate=args.learning_rate)
+    compile_model(model.autoencoder, losses.bernoulli_nll, args.learning_rate)
     before, images_before = evaluate(model, test_inputs)
     print(f"\n-- training the deep autoencoder end to end, {APPROACHES[approach]} --")
-    fitted = training.fit(model.autoencoder, train_ds, validation_data=test_ds,
-                          epochs=args.epochs, backup_dir=out.checkpoint(approach),
-                          log_dir=out.logs(approach))
+    fitted = fit_model(model.autoencoder, approach, train_ds, args.epochs, args, run,
+                       validation_data=test_ds)
     after, images_after = evaluate(model, test_inputs)
-    return Run(model, stages, before, fitted, after, images_before, images_after)
+    return Trained(model, stages, before, fitted, after, images_before, images_after)
 
 
-# -- Evaluation on the test split -----------------------------------------------------------------
-
-def evaluate(model, test_inputs):
-    """Test cross-entropy and squared error of the model as it is, and its reconstructions."""
-    logits = training.predict(model.autoencoder, test_inputs)
-    return (metrics.reconstruction_errors(test_inputs, logits),
-            ops.convert_to_numpy(ops.sigmoid(logits)))
-
-
-def compare(runs):
+def compare(trained):
     """greedy_... and random_init_... side by side; the test loss by epoch, from epoch 0."""
-    results = {"stage_losses": {stage.name: stage.fitted.history["loss"]
-                                for stage in runs["greedy"].stages},
-               "pretraining_seconds": sum(stage.fitted.seconds for stage in runs["greedy"].stages)}
-    for approach, run in runs.items():
-        scores = {**run.after, **{f"before_{k}": v for k, v in run.before.items()},
-                  "val_loss_by_epoch": [run.before["test_bce_nats"],
-                                        *run.fitted.history["val_loss"]],
-                  "parameters": int(run.model.autoencoder.count_params()),
-                  **run.fitted.results()}
+    stages = trained["greedy"].stages
+    results = {"stage_losses": {stage.name: stage.fitted.history["loss"] for stage in stages},
+               "pretraining_seconds": sum(stage.fitted.results()["train_seconds"]
+                                          for stage in stages)}
+    for approach, outcome in trained.items():
+        scores = {**outcome.after, **{f"before_{k}": v for k, v in outcome.before.items()},
+                  "val_loss_by_epoch": [outcome.before["test_bce_nats"],
+                                        *outcome.fitted.history["val_loss"]],
+                  "parameters": int(outcome.model.autoencoder.count_params()),
+                  **outcome.fitted.results()}
         results.update({f"{approach}_{k}": v for k, v in scores.items()})
     return results
 
 
 # -- Figures, all from the test split -------------------------------------------------------------
 
-def draw_figures(runs, results, dataset, args, folder):
+def draw_figures(trained, results, dataset, args, folder):
     title = (f"{data.TITLES[args.dataset]} deep autoencoder, code size {args.code_dim}, "
              "with and without greedy pretraining")
-    stages = len(runs["greedy"].stages)
+    stages = len(trained["greedy"].stages)
     plot_curves(results, stages, args, folder / "pretraining_curves.png",
                 f"{title}\ntest loss before end-to-end training (epoch 0) and after each epoch")
     picked = data.examples_per_class(dataset.y_test, 2)
     rows = [data.test_inputs(dataset, args.binarize, args.seed)[picked],
-            runs["greedy"].images_before[picked], runs["greedy"].images_after[picked],
-            runs["random_init"].images_after[picked]]
+            trained["greedy"].images_before[picked], trained["greedy"].images_after[picked],
+            trained["random_init"].images_after[picked]]
     labels = ["test image", f"{stages} stages stacked,\nnot fine-tuned",
               f"stacked, then\n{args.epochs} epochs end to end",
               f"random weights,\n{args.epochs} epochs end to end"]

@@ -1,4 +1,4 @@
-# `make vae` trains the VAE, `make test` runs the tests, `make figures` regenerates every
+# `make vae` trains the VAE, `make test` runs the tests (`make test-fast` the quick part of them), `make figures` regenerates every
 # committed figure and result, `make notebooks` regenerates notebooks/ from the lessons, `make
 # site` builds the book into site/, `make bench` times the lessons against plain Keras. Each
 # target first creates .venv from requirements.txt, again whenever requirements.txt is newer
@@ -14,7 +14,7 @@ NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
 BOOK_INSTALLED := $(VENV)/.installed-book
 BACKENDS_INSTALLED := $(VENV)/.installed-backends
 
-.PHONY: vae dae cvae sparse contractive ae pretrain test figures notebooks site bench backends clean
+.PHONY: vae dae cvae sparse contractive ae pretrain test test-fast figures notebooks site bench backends clean
 
 # One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
@@ -43,6 +43,15 @@ pretrain: $(INSTALLED)
 # every lesson on JAX and PyTorch too.
 test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
 	$(PY) -m pytest
+
+# The inner loop, under 3 minutes on 2 CPU cores: the unit tests (on TensorFlow), the notebooks'
+# structure, the book's numbers, and one tiny VAE run on each backend.
+FAST_TESTS := tests/test_layers_and_metrics.py tests/test_data.py tests/test_noise.py \
+	tests/test_outputs.py tests/test_training.py tests/test_book_numbers.py \
+	tests/test_notebooks.py tests/test_vae_lesson.py tests/test_backends.py
+test-fast: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
+	$(PY) -m pytest $(FAST_TESTS) \
+		-k "not kernel and (not test_backends.py or runs_on_the_backend and VariationalAutoEncoder_tf2)"
 
 figures: vae dae cvae sparse contractive ae pretrain
 

@@ -1,35 +1,29 @@
 r"""Sparse autoencoder on MNIST, in Keras 3 on TensorFlow, JAX or PyTorch.
 
 An autoencoder need not squeeze its code through a narrow bottleneck to learn something useful:
-it can have as many code units as it likes (196 here, more than the 784 pixels with --hidden
-1000) and be kept from copying its input by a penalty that keeps the code sparse, most units
-near 0 on any one image. Each unit then becomes a detector of a stroke or a part of a digit.
-With sigmoid units h_j(x) and rho_hat_j their mean activation over a batch, the classic penalty
-(Andrew Ng's sparse-autoencoder notes) asks every unit to fire a fraction rho of the time:
+it can have many code units (196 here, more than the 784 pixels with --hidden 1000) and be kept
+from copying its input by a penalty that keeps the code sparse, most units near 0 on any one
+image. Each unit then becomes a detector of a stroke or a part of a digit. The classic penalty
+(Andrew Ng's sparse-autoencoder notes) asks every sigmoid unit j to be active a fraction rho of
+the time, on average over a batch (its mean activation rho_hat_j); it trains to minimise
 
-    beta * sum_j KL(rho || rho_hat_j),
-    KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))
-    $$ \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j), \qquad \mathrm{KL}(\rho \,\|\, \hat\rho)
-       = \rho \log \frac{\rho}{\hat\rho} + (1 - \rho) \log \frac{1 - \rho}{1 - \hat\rho} $$
+    $$ \mathrm{BCE}(x, \hat{x}) + \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j) $$
 
-`--penalty l1` uses L1 activity regularization instead, l1 * sum_j |h_j|. The lesson trains the
-same network with the penalty and without it, from the same initial weights and batches, and
-measures on the test split what the penalty buys (sparser codes, local features) and costs
+(`--penalty l1` penalises the activations' absolute values instead). The lesson trains the same
+network with the penalty and without it, from the same initial weights and batches, and measures
+on the test split what the penalty buys (sparser codes, local features) and costs
 (reconstruction error).
 
-    python SparseAutoEncoder.py                          # KL penalty, 196 units, and the baseline
-    python SparseAutoEncoder.py --penalty l1 --l1 0.08   # L1 activity regularization instead
+    python SparseAutoEncoder.py                             # KL penalty, 196 units, and none
+    python SparseAutoEncoder.py --penalty l1 --l1 0.08      # L1 activity regularization instead
     python SparseAutoEncoder.py --hidden 1000 --epochs 60   # an overcomplete code
 
-It writes results/SparseAutoEncoder.json, models/sparse_*.keras and figures/sparse_*.png; the
-defaults take about a minute on 2 CPU cores, and Ctrl-C then the same command
-resumes. The saved models load in a fresh process after `import SparseAutoEncoder`, run from
-this folder: importing the lesson registers its penalty layers (and runs nothing).
+It writes results/SparseAutoEncoder.json (its timings among them), models/sparse_*.keras and
+figures/sparse_*.png; Ctrl-C, then the same command, resumes. The saved models load in a fresh
+process after `import SparseAutoEncoder`, which registers its penalty layers.
 """
 
 import argparse
-import pathlib
-from typing import NamedTuple
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
@@ -37,10 +31,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from keras import layers, ops
 
-from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import PenalizedModel, add_penalty
+from common import cli, comparison, data, losses, metrics, outputs, plots, training
+from common.layers import PenalizedModel
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "SparseAutoEncoder"
 PIXELS = int(np.prod(data.IMAGE_SHAPE))
 ACTIVE_THRESHOLD = 0.1     # a unit is active on an image when h_j(x) > 0.1
 ALWAYS_ON_THRESHOLD = 0.9  # a unit never below 0.9 on any test image is always on
@@ -50,8 +44,7 @@ MAX_HIDDEN = 10_000        # code units, 13 per pixel: 1.8 GB to train on the of
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=30, batch_size=64,
-                             learning_rate=3e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=30, batch_size=64, learning_rate=3e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--hidden", default=196,
                         type=cli.at_most(MAX_HIDDEN, "the largest code this lesson trains"),
@@ -88,31 +81,26 @@ def probability(text):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
-    # The network with the penalty, then the same network with none, compared side by side.
-    penalties = [args.penalty] + (["none"] if args.penalty != "none" else [])
-    runs = {penalty: train_and_evaluate(penalty, dataset, args, out) for penalty in penalties}
-    results = {**outputs.results_header(args, dataset), **compare(runs, args)}
-    out.write_results(results)
-    out.save_models(**saved_models(runs))
-    draw_figures(runs, dataset, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
+    # The same network with the penalty and with none, from the same start, side by side.
+    trained = {penalty: train_and_evaluate(penalty, dataset, args, run)
+               for penalty in comparison.settings(args.penalty, baseline="none")}
+    results = {**run.header, **compare(trained, args)}
+    draw_figures(trained, dataset, args, run.figures)
+    run.finish(results, **comparison.saved_models("sparse", trained))
     print_summary(results, args)
 
 
 # -- Data: grey levels in [0, 1], as inputs and as targets ----------------------------------------
 # $$ x \in [0, 1]^{784} $$
 # This is not a likelihood model, so by default it trains on the grey levels (--binarize none):
-# the reconstruction loss is then a cross-entropy, not a log-likelihood. `test_inputs` are the
-# test images as the model sees them.
+# the reconstruction loss is then a cross-entropy, not a log-likelihood.
 
 
-# -- Encoder: h(x) = sigmoid(W x + b), one layer of code units -----------------------------------
+# -- Encoder: one layer of sigmoid code units -----------------------------------------------------
 # $$ h(x) = \sigma(W x + b) $$
-# Sigmoid units live in (0, 1), so "active" (near 1) and "silent" (near 0) mean something, and the
-# mean activation rho_hat_j is a firing rate the KL penalty can compare with rho. The code, the
+# Sigmoid units live in (0, 1), so "active" (near 1) and "silent" (near 0) mean something, and a
+# unit's mean activation is a firing rate the KL penalty can compare with rho. The code, the
 # penalty and the logits feed the loss, so they compute in float32 even under --mixed-precision.
 
 def build_encoder(hidden):
@@ -122,21 +110,18 @@ def build_encoder(hidden):
     return keras.Model(images, codes, name="encoder")
 
 
-# -- The sparsity penalties: beta * sum_j KL(rho || rho_hat_j), or l1 * sum_j |h_j| ---------------
-# $$ \beta \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j) \quad \text{or} \quad
-#    \ell_1 \sum_j |h_j| $$
-# Each is a layer that passes the code through unchanged, adds its term to the model's loss with
-# `add_loss`, and keeps the unweighted term, which the `PenalizedModel` around it logs with a
-# `Mean` metric, so `kl_sparsity` (or `l1_activity`) and its val_ twin show beside
-# reconstruction_loss on every backend. Both are batch means, as is
-# the reconstruction loss, so their balance does not change with --batch-size; but rho_hat_j is
-# measured on one batch, so small batches make the KL noisy (and, as it is convex, larger).
+# -- The sparsity penalties: a target firing rate for every unit, or L1 ---------------------------
+# $$ \mathrm{KL}(\rho \,\|\, \hat\rho_j) = \rho \log \frac{\rho}{\hat\rho_j}
+#    + (1 - \rho) \log \frac{1 - \rho}{1 - \hat\rho_j} \quad \text{or} \quad \ell_1 \sum_j |h_j| $$
+# Each is a layer that passes the code through unchanged, adds its weighted term to the model's
+# loss with `add_loss`, and keeps the unweighted term, which the `PenalizedModel` around it logs
+# as `kl_sparsity` (or `l1_activity`) beside reconstruction_loss. Both are batch means, so their
+# balance does not change with --batch-size; but rho_hat is measured on one batch, so small
+# batches make the KL noisy (and, as it is convex, larger).
 
 def kl_sparsity(codes, rho):
-    """sum_j KL(rho || rho_hat_j) in nats, rho_hat_j = mean activation of unit j over the batch.
-
-    It is 0 when rho_hat = rho and grows steeply as rho_hat moves towards 1.
-    """
+    """The KL penalty in nats, summed over the units, each unit's rate being its mean activation
+    over the batch: 0 when every rate is rho, growing steeply as a rate nears 1."""
     rho_hat = ops.clip(ops.mean(codes, axis=0), _EPSILON, 1.0 - _EPSILON)
     return ops.sum(rho * ops.log(rho / rho_hat)
                    + (1.0 - rho) * ops.log((1.0 - rho) / (1.0 - rho_hat)))
@@ -144,9 +129,9 @@ def kl_sparsity(codes, rho):
 
 @keras.saving.register_keras_serializable(package="autoencoders")
 class KLSparsity(layers.Layer):
-    """Pass sigmoid codes through; add beta * sum_j KL(rho || rho_hat_j) to the loss."""
+    """Pass sigmoid codes through; add beta times their KL penalty to the loss."""
 
-    penalty_name = "kl_sparsity"
+    penalty_name = "kl_sparsity"  # the name PenalizedModel logs the unweighted KL under
 
     def __init__(self, rho=0.05, beta=3.0, **kwargs):
         super().__init__(**kwargs)
@@ -155,7 +140,8 @@ class KLSparsity(layers.Layer):
         self.rho, self.beta = float(rho), float(beta)
 
     def call(self, codes):
-        add_penalty(self, kl_sparsity(codes, self.rho), self.beta)
+        self.last_penalty = kl_sparsity(codes, self.rho)
+        self.add_loss(self.beta * self.last_penalty)
         return codes
 
     def compute_output_shape(self, input_shape):
@@ -167,21 +153,20 @@ class KLSparsity(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="autoencoders")
 class L1Activity(layers.Layer):
-    """Pass codes through; add l1 * mean_batch sum_j |h_j|, which is exactly what Keras adds for
-    `activity_regularizer=keras.regularizers.L1(l1)`: the regularizer sums |h| over the whole
-    batch, and Keras divides an activity penalty by the batch size."""
+    """Pass codes through; add l1 times the L1 penalty, averaged over the batch: what Keras adds
+    for `activity_regularizer=keras.regularizers.L1(l1)`, which sums over the whole batch and
+    then divides an activity penalty by the batch size."""
 
     penalty_name = "l1_activity"
 
     def __init__(self, l1=1e-4, **kwargs):
         super().__init__(**kwargs)
         self.l1 = float(l1)
-        self.regularizer = keras.regularizers.L1(self.l1)
 
     def call(self, codes):
         batch_size = ops.cast(ops.shape(codes)[0], codes.dtype)
-        self.add_loss(self.regularizer(codes) / batch_size)
-        self.last_penalty = ops.sum(ops.abs(codes)) / batch_size  # logged unweighted
+        self.last_penalty = ops.sum(ops.abs(codes)) / batch_size
+        self.add_loss(self.l1 * self.last_penalty)
         return codes
 
     def compute_output_shape(self, input_shape):
@@ -191,7 +176,7 @@ class L1Activity(layers.Layer):
         return {**super().get_config(), "l1": self.l1}
 
 
-# -- Decoder: pixel logits l = W' h + b', one Bernoulli probability sigmoid(l) per pixel ---------
+# -- Decoder: one Bernoulli probability per pixel, from its logit ---------------------------------
 # $$ l = W' h + b', \quad \hat{x}_i = \sigma(l_i) $$
 
 def build_decoder(hidden):
@@ -201,7 +186,8 @@ def build_decoder(hidden):
     return keras.Model(codes, logits, name="decoder")
 
 
-# -- The autoencoder: x -> encoder -> the penalty (adds its loss) -> decoder -> logits -------------
+# -- The autoencoder: image, encoder, the penalty, decoder, logits --------------------------------
+# `PenalizedModel` is a functional `keras.Model` that logs the penalty its layer keeps.
 
 def build_autoencoder(encoder, decoder, penalty, args):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
@@ -214,57 +200,40 @@ def build_autoencoder(encoder, decoder, penalty, args):
     return PenalizedModel(images, decoder(codes), name=f"sparse_autoencoder_{penalty}")
 
 
-# -- Loss: -sum_i [x_i log x_hat_i + (1 - x_i) log(1 - x_hat_i)] + the penalty --------------------
-# $$ -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big]
-#    + \text{the penalty} $$
-# The binary cross-entropy from the logits, summed over the 784 pixels, in nats per image; Keras
-# adds the penalty layer's term: loss = reconstruction_loss + beta * kl_sparsity (or l1 * ...).
+# -- Loss: the cross-entropy from the logits, plus the penalty ------------------------------------
+# $$ \mathrm{BCE}(x, \hat{x})
+#    = -\sum_i \big[x_i \log \hat{x}_i + (1 - x_i) \log(1 - \hat{x}_i)\big] $$
+# Computed from the logits (nothing clipped) and summed over the 784 pixels, in nats per image;
+# Keras adds the penalty layer's term, so loss = reconstruction_loss + beta * kl_sparsity (or
+# l1 * l1_activity).
 
 def compile_autoencoder(autoencoder, learning_rate):
-    training.compile(autoencoder, loss=losses.bernoulli_nll, learning_rate=learning_rate,
-                     metrics=[losses.reconstruction_metric()])
+    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses.bernoulli_nll,
+                        metrics=[keras.metrics.MeanMetricWrapper(losses.bernoulli_nll,
+                                                                 name="reconstruction_loss")])
+    training.set_execution(autoencoder)  # steps per call and jax.jit, for this backend
 
 
-# -- Training: the same network with each penalty, from the same start ----------------------------
+# -- Training -------------------------------------------------------------------------------------
+# Keras's fit, with the test split as validation data and three callbacks: a backup after every
+# epoch, so that Ctrl-C and the same command resume (`ResumableBackup`), a stop at the first NaN
+# or exploding loss (`StopOnDivergence`), and, with --tensorboard, Keras's TensorBoard.
 
-class Run(NamedTuple):
-    """One trained network and what it did on the test split."""
-
-    encoder: keras.Model
-    decoder: keras.Model
-    autoencoder: keras.Model
-    fitted: training.Fitted
-    scores: dict
-    codes: np.ndarray
-    reconstructions: np.ndarray
-
-
-def train_and_evaluate(penalty, dataset, args, out):
-    keras.utils.set_random_seed(args.seed)  # the same initial weights and batches for each one
-    train_ds, test_ds, test_inputs = data.autoencoder_datasets(
-        dataset, args.batch_size, args.binarize, args.seed)
-    encoder, decoder = build_encoder(args.hidden), build_decoder(args.hidden)
-    if penalty == args.penalty:
-        encoder.summary()
-        decoder.summary()
-    autoencoder = build_autoencoder(encoder, decoder, penalty, args)
-    compile_autoencoder(autoencoder, args.learning_rate)
-    print(f"\ntraining with {penalty_title(penalty, args)}")
-    fitted = training.fit(autoencoder, train_ds, validation_data=test_ds, epochs=args.epochs,
-                          backup_dir=out.checkpoint(f"penalty_{penalty}"),
-                          log_dir=out.logs(f"penalty_{penalty}"))
-    codes = training.predict(encoder, test_inputs)
-    logits = training.predict(decoder, codes)
-    scores = {**metrics.reconstruction_errors(test_inputs, logits), **code_statistics(codes)}
-    reconstructions = ops.convert_to_numpy(ops.sigmoid(logits))  # Bernoulli means
-    return Run(encoder, decoder, autoencoder, fitted, scores, codes, reconstructions)
+def train(autoencoder, name, train_ds, test_ds, args, run):
+    backup = training.ResumableBackup(run.checkpoint(name, autoencoder))
+    callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
+    autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
+                    verbose=2)
+    return backup.fitted()
 
 
 # -- Evaluation on the test split: how sparse is the code? ----------------------------------------
-# Hoyer's sparsity of a code h of n entries is (sqrt(n) - |h|_1 / |h|_2) / (sqrt(n) - 1): 1 when
-# a single unit is non-zero, 0 when all are equal. A unit is dead if it is never active on a
-# test image and always on if it never falls below ALWAYS_ON_THRESHOLD: either way it barely
-# tells one image from another.
+# $$ \mathrm{Hoyer}(h) = \frac{\sqrt{n} - \|h\|_1 / \|h\|_2}{\sqrt{n} - 1} $$
+# Hoyer's sparsity of a code of n units is 1 when a single unit is non-zero, 0 when all are equal.
+# A unit is dead if it is never active on a test image and always on if it never falls below
+# ALWAYS_ON_THRESHOLD: either way it barely tells one image from another.
 
 def code_statistics(codes):
     """Mean activation, active units per image, dead and always-on units, Hoyer sparsity.
@@ -288,47 +257,67 @@ def code_statistics(codes):
     }
 
 
-# -- Results: penalized_... and baseline_..., side by side ----------------------------------------
-
-def compare(runs, args):
-    results = {"active_threshold": ACTIVE_THRESHOLD, "always_on_threshold": ALWAYS_ON_THRESHOLD}
-    for label, penalty in (("penalized", args.penalty), ("baseline", "none")):
-        if penalty in runs and not (label == "penalized" and penalty == "none"):
-            run = runs[penalty]
-            results.update({f"{label}_{k}": v
-                            for k, v in {**run.scores, **run.fitted.results()}.items()})
-    return results
+def evaluate(encoder, decoder, test_inputs):
+    """The scores on the test split, and the codes and reconstructions the figures draw."""
+    codes = training.predict(encoder, test_inputs)
+    logits = training.predict(decoder, codes)
+    scores = {**metrics.reconstruction_errors(test_inputs, logits), **code_statistics(codes)}
+    reconstructions = ops.convert_to_numpy(ops.sigmoid(logits))  # Bernoulli means
+    return scores, {"codes": codes, "reconstructions": reconstructions}
 
 
-def saved_models(runs):
-    return {f"sparse_{penalty}{part}": model for penalty, run in runs.items()
-            for part, model in (("", run.autoencoder), ("_encoder", run.encoder),
-                                ("_decoder", run.decoder))}
-
-
-# -- Figures, all from the test split -------------------------------------------------------------
-
-def draw_figures(runs, dataset, args, folder):
-    names = {penalty: penalty_title(penalty, args) for penalty in runs}
-    title = f"{data.TITLES[args.dataset]} sparse autoencoder, {args.hidden} sigmoid code units"
-    plot_features({names[p]: ops.convert_to_numpy(run.encoder.get_layer("code").kernel)
-                   for p, run in runs.items()}, folder / "sparse_features.png",
-                  f"{title}\nencoder weights of {min(SHOWN_UNITS, args.hidden)} units "
-                  "(grey 0, white positive, black negative)")
-    plot_activations({names[p]: run.codes for p, run in runs.items()},
-                     args.rho if args.penalty == "kl" else None, folder / "sparse_activations.png",
-                     f"{title}\ncode activations on {len(dataset.x_test):,} test images")
-    picked = data.examples_per_class(dataset.y_test, 2)
-    rows = [data.test_inputs(dataset, args.binarize, args.seed)[picked],
-            *(run.reconstructions[picked] for run in runs.values())]
-    plots.plot_image_rows(rows, ["test image", *names.values()],
-                          folder / "sparse_reconstructions.png",
-                          f"{title}\ntest images and their reconstructions")
-
+# -- Penalty against none: the same network twice, from the same start ----------------------------
+# Each setting resets every seed first, so both networks start from the same weights and see the
+# same batches: the differences below are the penalty's doing.
 
 def penalty_title(penalty, args):
     return {"kl": f"KL, rho {args.rho:g}, beta {args.beta:g}", "l1": f"L1, {args.l1:g}",
             "none": "no penalty"}[penalty]
+
+
+def train_and_evaluate(penalty, dataset, args, run):
+    keras.utils.set_random_seed(args.seed)  # the same initial weights and batches for each one
+    train_ds, test_ds, test_inputs = data.autoencoder_datasets(
+        dataset, args.batch_size, args.binarize, args.seed)
+    encoder, decoder = build_encoder(args.hidden), build_decoder(args.hidden)
+    if penalty == args.penalty:
+        encoder.summary()
+        decoder.summary()
+    autoencoder = build_autoencoder(encoder, decoder, penalty, args)
+    compile_autoencoder(autoencoder, args.learning_rate)
+    print(f"\ntraining with {penalty_title(penalty, args)}")
+    fitted = train(autoencoder, f"penalty_{penalty}", train_ds, test_ds, args, run)
+    scores, arrays = evaluate(encoder, decoder, test_inputs)
+    return comparison.Trained(encoder, decoder, autoencoder, fitted, scores, arrays)
+
+
+# -- Results: penalized_... and baseline_..., side by side ----------------------------------------
+
+def compare(trained, args):
+    return {"active_threshold": ACTIVE_THRESHOLD, "always_on_threshold": ALWAYS_ON_THRESHOLD,
+            **comparison.side_by_side(trained, args.penalty, baseline="none")}
+
+
+# -- Figures, all from the test split -------------------------------------------------------------
+# The encoder's features (each unit's weights as an image), the histograms of the activations,
+# and test images with their reconstructions, for each setting.
+
+def draw_figures(trained, dataset, args, folder):
+    names = {penalty: penalty_title(penalty, args) for penalty in trained}
+    title = f"{data.TITLES[args.dataset]} sparse autoencoder, {args.hidden} sigmoid code units"
+    plot_features({names[p]: ops.convert_to_numpy(t.encoder.get_layer("code").kernel)
+                   for p, t in trained.items()}, folder / "sparse_features.png",
+                  f"{title}\nencoder weights of {min(SHOWN_UNITS, args.hidden)} units "
+                  "(grey 0, white positive, black negative)")
+    plot_activations({names[p]: t.arrays["codes"] for p, t in trained.items()},
+                     args.rho if args.penalty == "kl" else None, folder / "sparse_activations.png",
+                     f"{title}\ncode activations on {len(dataset.x_test):,} test images")
+    picked = data.examples_per_class(dataset.y_test, 2)
+    rows = [data.test_inputs(dataset, args.binarize, args.seed)[picked],
+            *(t.arrays["reconstructions"][picked] for t in trained.values())]
+    plots.plot_image_rows(rows, ["test image", *names.values()],
+                          folder / "sparse_reconstructions.png",
+                          f"{title}\ntest images and their reconstructions")
 
 
 def plot_features(kernels, path, title):
@@ -377,30 +366,22 @@ def plot_activations(codes, rho, path, title):
         plots.save_figure(fig, path)
 
 
-# -- Summary -------------------------------------------------------------------------------------
+# -- Summary --------------------------------------------------------------------------------------
 
 def print_summary(results, args):
-    labels = [label for label in ("penalized", "baseline") if f"{label}_test_bce_nats" in results]
-    columns = [penalty_title(args.penalty if label == "penalized" else "none", args)
-               for label in labels]
-    print(f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "
-          f"({results['binarize']} binarization; none = grey levels as targets):")
-    print(f"  {'':34s}" + "".join(f"{c:>24s}" for c in columns))
-    rows = [
-        ("reconstruction, BCE nats/image", "test_bce_nats", "{:24.2f}"),
-        ("reconstruction, MSE per pixel", "test_mse_per_pixel", "{:24.5f}"),
-        ("mean activation", "mean_activation", "{:24.4f}"),
-        (f"units above {ACTIVE_THRESHOLD:g} per image", "active_units_per_image", "{:24.1f}"),
-        (f"dead units (never above {ACTIVE_THRESHOLD:g})", "dead_unit_fraction", "{:24.1%}"),
-        (f"always-on units (never below {ALWAYS_ON_THRESHOLD:g})", "always_on_unit_fraction",
-         "{:24.1%}"),
-        ("Hoyer sparsity (0 dense, 1 one-hot)", "hoyer_sparsity", "{:24.3f}"),
-        ("training seconds", "train_seconds", "{:24.1f}"),
-    ]
-    for text, key, fmt in rows:
-        values = [results[f"{label}_{key}"] for label in labels]
-        print(f"  {text:34s}" + "".join(f"{'undefined':>24s}" if v is None else fmt.format(v)
-                                        for v in values))
+    comparison.print_table(
+        f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "
+        f"({results['binarize']} binarization; none = grey levels as targets):",
+        {"penalized": penalty_title(args.penalty, args), "baseline": penalty_title("none", args)},
+        [("reconstruction, BCE nats/image", "test_bce_nats", ".2f"),
+         ("reconstruction, MSE per pixel", "test_mse_per_pixel", ".5f"),
+         ("mean activation", "mean_activation", ".4f"),
+         (f"units above {ACTIVE_THRESHOLD:g} per image", "active_units_per_image", ".1f"),
+         (f"dead units (never above {ACTIVE_THRESHOLD:g})", "dead_unit_fraction", ".1%"),
+         (f"always-on units (never below {ALWAYS_ON_THRESHOLD:g})", "always_on_unit_fraction",
+          ".1%"),
+         ("Hoyer sparsity (0 dense, 1 one-hot)", "hoyer_sparsity", ".3f"),
+         ("training seconds", "train_seconds", ".1f")], results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ An autoencoder trained to give back its input can learn the identity map and not
 denoising autoencoder (Vincent et al., 2008) is shown a corrupted image x~ ~ C(x~ | x) and asked
 for the clean image x:
 
-    minimise  E_x E_{x~ ~ C(x~ | x)} [ loss(x, decoder(encoder(x~))) ]
     $$ \min\ \mathbb{E}_x\, \mathbb{E}_{\tilde{x} \sim C(\tilde{x} \mid x)}
        \big[\mathrm{loss}\big(x, \mathrm{decoder}(\mathrm{encoder}(\tilde{x}))\big)\big] $$
 
@@ -20,12 +19,10 @@ and sweeps the noise level to see where the network breaks down.
     python StackedDenoisingAutoEncoder.py --noise salt_and_pepper --noise-factor 0.3
     python StackedDenoisingAutoEncoder.py --noise masking --epochs 40
 
-It writes results/StackedDenoisingAutoEncoder.json, models/dae.keras and figures/dae_*.png; the
-defaults take about two minutes on 2 CPU cores, and Ctrl-C then the same command
-resumes. The saved model loads in a fresh process after `import common`.
+It writes results/StackedDenoisingAutoEncoder.json (its timings among them), models/dae.keras
+and figures/dae_*.png; Ctrl-C, then the same command, resumes. The saved model loads in a fresh
+process after `import keras` alone: it uses Keras's own layers and loss.
 """
-
-import pathlib
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
@@ -35,9 +32,9 @@ import tensorflow as tf
 from keras import layers, ops
 from scipy import ndimage
 
-from common import cli, data, noise, outputs, plots, runtime, training
+from common import cli, data, noise, outputs, plots, training
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "StackedDenoisingAutoEncoder"
 ENCODER_FILTERS = (16, 32, 32)  # three 3x3 convolutions...
 ENCODER_STRIDES = (2, 2, 1)     # ...28 -> 14 -> 7 -> 7; the decoder mirrors them back to 28
 # The noise levels of the sweep, in the units of --noise-factor (std or fraction of pixels).
@@ -53,8 +50,7 @@ PSNR_CAP_DB = 100.0  # an image the noise left unchanged has PSNR = inf; count i
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=20, batch_size=128,
-                             learning_rate=1e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=20, batch_size=128, learning_rate=1e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--noise", choices=noise.NOISE_MODELS, default="gaussian",
                         help="how the inputs are corrupted")
@@ -75,38 +71,32 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
-    train_ds, test_ds, noisy_test = noise.denoising_datasets(
-        dataset, args.batch_size, args.noise, args.noise_factor, args.seed)
-    encoder = build_encoder()
-    decoder = build_decoder(encoder.output_shape[1:])
-    encoder.summary()
-    decoder.summary()
-    dae = build_dae(encoder, decoder)
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
+    train_ds, test_ds, noisy_test, tuning = denoising_data(dataset, args)
+    dae = build_dae()
     compile_dae(dae, args.learning_rate)
-    fitted = training.fit(dae, train_ds, validation_data=test_ds, epochs=args.epochs,
-                          backup_dir=out.checkpoint("dae"), log_dir=out.logs("dae"))
-
-    tuning = dataset.x_train[:BASELINE_TUNING_IMAGES]
+    fitted = train(dae, train_ds, test_ds, args, run)
     scores, shown = evaluate(dae, tuning, dataset.x_test, noisy_test, args)
     sweep = sweep_noise_levels(dae, tuning, dataset.x_test, args)
-    results = {**outputs.results_header(args, dataset), **scores, "psnr_vs_noise": sweep,
+    results = {**run.header, **scores, "psnr_vs_noise": sweep,
                "test_bce_per_pixel_nats": fitted.history["val_loss"][-1], **fitted.results()}
-    out.write_results(results)
-    out.save_models(dae=dae)
-    draw_figures(dataset, shown, results, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    draw_figures(dataset, shown, results, args, run.figures)
+    run.finish(results, dae=dae)
     print_summary(results)
 
 
-# -- Data: (noisy, clean) pairs, x~ ~ C(x~ | x) ---------------------------------------------------
-# $$ \tilde{x} \sim C(\tilde{x} \mid x) $$
+# -- Data: (noisy, clean) pairs, a fresh corruption in every epoch --------------------------------
 # `noise.denoising_datasets` draws a fresh corruption of every training image in every epoch,
 # inside the tf.data pipeline, so the network never sees the same noisy image twice and cannot
 # memorise the noise; the test images are corrupted once (seed + 1), the same in every epoch.
 # The targets are the clean grey levels in [0, 1], not binarized: this lesson is about images.
+
+def denoising_data(dataset, args):
+    """The (noisy, clean) training and test pipelines, the noisy test images, and the training
+    images the classical baseline is tuned on (never the test split)."""
+    train_ds, test_ds, noisy_test = noise.denoising_datasets(
+        dataset, args.batch_size, args.noise, args.noise_factor, args.seed)
+    return train_ds, test_ds, noisy_test, dataset.x_train[:BASELINE_TUNING_IMAGES]
 
 
 # -- Encoder: noisy image -> 7 x 7 feature map ----------------------------------------------------
@@ -139,12 +129,19 @@ def build_decoder(code_shape):
     return keras.Model(code, logits, name="decoder")
 
 
-def build_dae(encoder, decoder):
+# -- The denoising autoencoder: noisy image, encoder, decoder, pixel logits ---------------------
+# Two sub-models joined by the functional API; each prints its summary once.
+
+def build_dae():
+    encoder = build_encoder()
+    decoder = build_decoder(encoder.output_shape[1:])
+    encoder.summary()
+    decoder.summary()
     noisy = keras.Input(shape=data.IMAGE_SHAPE, name="noisy_image")
     return keras.Model(noisy, decoder(encoder(noisy)), name="denoising_autoencoder")
 
 
-# -- Loss: -[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], in nats per pixel -------------------
+# -- Loss: the binary cross-entropy from the logits, in nats per pixel -------------------------
 # $$ -\big[x \log \sigma(l) + (1 - x) \log(1 - \sigma(l))\big] $$
 # The binary cross-entropy between the clean grey level x and the prediction, computed from the
 # logit l (softplus(l) - x * l, nothing clipped) and averaged over pixels and images. With grey
@@ -152,20 +149,32 @@ def build_dae(encoder, decoder):
 # entropy of x, not 0.
 
 def compile_dae(dae, learning_rate):
-    training.compile(dae, loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                     learning_rate=learning_rate)
+    dae.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    training.set_execution(dae)  # steps per call and jax.jit, for this backend
 
 
-# -- Training ------------------------------------------------------------------------------------
-# `training.fit`; validation is on the noisy test split, so val_loss is the same cross-entropy on
-# held-out digits. A backup every epoch, and a stop at the first NaN loss.
+# -- Training: Keras's fit, validated on the noisy test split ------------------------------------
+# val_loss is the same cross-entropy on held-out digits. Two callbacks of common/training.py: a
+# backup after every epoch, so that Ctrl-C and the same command resume, and a stop at the first
+# NaN or exploding loss; with --tensorboard, Keras's TensorBoard too.
+
+def train(dae, train_ds, test_ds, args, run):
+    backup = training.ResumableBackup(run.checkpoint("dae", dae))
+    callbacks = [training.StopOnDivergence(dae, test_ds), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs("dae")))
+    dae.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
+            verbose=2)
+    return backup.fitted()
 
 
 # -- Image quality: PSNR and SSIM, each image against its clean original, averaged ----------------
-# PSNR = 10 log10(MAX^2 / MSE) in dB, with MAX = 1 for images in [0, 1]: +6 dB is half the RMS
-# error. SSIM (Wang et al., 2004) compares local means, variances and covariance in an 11 x 11
-# Gaussian window: 1 for identical images, lower for less alike ones; it tracks what the eye
-# sees (blur, lost strokes) better than the MSE does.
+# $$ \mathrm{PSNR} = 10 \log_{10} \frac{\mathrm{MAX}^2}{\mathrm{MSE}} \ \text{dB} $$
+# with MAX = 1 for images in [0, 1]: +6 dB is half the RMS error. SSIM (Wang et al., 2004)
+# compares local means, variances and covariance in an 11 x 11 Gaussian window: 1 for identical
+# images, lower for less alike ones; it tracks what the eye sees (blur, lost strokes) better
+# than the MSE does.
 
 def mean_psnr(images, clean):
     psnr = tf.image.psnr(images, clean, max_val=1.0).numpy()

@@ -4,48 +4,45 @@ A VAE is a generative model p(x, z) = p(z) p(x | z): a code z ~ N(0, I) and a de
 it into an image. An encoder q(z | x) learns which codes explain an image, and both networks are
 trained together by maximising the evidence lower bound (ELBO) on log p(x):
 
-    log p(x) >= ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z | x) || p(z))
-                          `---- reconstruction ---'   `---- regulariser ----'
-    $$ \log p(x) \ge \mathrm{ELBO}(x) =
-       \underbrace{\mathbb{E}_{q(z \mid x)}[\log p(x \mid z)]}_{\text{reconstruction}}
-       - \underbrace{\mathrm{KL}\big(q(z \mid x) \,\|\, p(z)\big)}_{\text{regulariser}} $$
+    $$ \log p(x) \ge \mathrm{ELBO}(x) = E_{q(z|x)}[\log p(x|z)] - \mathrm{KL}(q(z|x) \| p(z)) $$
 
 The lesson builds both networks with the functional API, draws z with the reparameterisation
-trick in a `Sampling` layer that also adds the KL term, trains on binarized digits, and scores
-the held-out test split in nats: the negative ELBO and the tighter importance-weighted (IWAE)
-estimate of -log p(x). It draws the latent space, a decoded grid of it, and prior samples.
+trick in its own `Sampling` layer, which also adds the KL term with `add_loss`, trains on
+binarized digits, and scores the held-out test split in nats: the negative ELBO and the tighter
+importance-weighted (IWAE) estimate of -log p(x). It then trains the same VAE with its losses
+averaged instead of summed, to show what that does, and draws the latent space, a decoded grid
+of it, and prior samples.
 
     python VariationalAutoEncoder_tf2.py                    # MLP, 2-D latent space
     python VariationalAutoEncoder_tf2.py --arch conv --latent-dim 16 --epochs 20
-    python VariationalAutoEncoder_tf2.py --beta 4           # a beta-VAE
     KERAS_BACKEND=jax python VariationalAutoEncoder_tf2.py  # on JAX (or torch: the book, Backends)
 
-It writes results/VariationalAutoEncoder_tf2.json, models/vae*.keras and figures/vae_*.png; the
-defaults take about a minute on 2 CPU cores, and Ctrl-C then the same command
-resumes. The saved models load in a fresh process after `import common` (which registers the
-`Sampling` layer and the loss).
+It writes results/VariationalAutoEncoder_tf2.json (its timings among them), models/vae*.keras and
+figures/vae_*.png; Ctrl-C, then the same command, resumes. The saved models load in a fresh
+process after `import VariationalAutoEncoder_tf2`, which registers its `Sampling` layer and loss.
 """
 
-import pathlib
+import argparse
+from typing import NamedTuple
 
 import common  # first: quiets TensorFlow's start-up logs, registers the suite's Keras objects
 import keras
 import numpy as np
 from keras import layers, ops
 
-from common import cli, data, losses, metrics, outputs, plots, runtime, training
-from common.layers import PenalizedModel, Sampling
+from common import cli, data, metrics, outputs, plots, training
+from common.layers import PenalizedModel
 
-SCRIPT_NAME = pathlib.Path(__file__).stem
+SCRIPT_NAME = "VariationalAutoEncoder_tf2"
 HIDDEN_UNITS = 512        # the MLP's hidden layer: 784-512-latent and back
 CONV_FILTERS = (32, 64)   # the conv encoder's two stride-2 layers: 28 -> 14 -> 7
 CONV_DENSE_UNITS = 128    # the conv encoder's dense layer before z_mean and z_log_var
 TRAVERSED_DIMENSIONS = 8  # a latent space wider than 2 is drawn as traversals of its busiest 8
+PIXELS = int(np.prod(data.IMAGE_SHAPE))  # 784 terms in the reconstruction, one per pixel
 
 
 def parse_args(argv=None):
-    parser = cli.base_parser(__file__, __doc__.split("\n\n")[0], epochs=50, batch_size=128,
-                             learning_rate=1e-3)
+    parser = cli.base_parser(SCRIPT_NAME, epochs=50, batch_size=128, learning_rate=1e-3)
     lesson = parser.add_argument_group("this lesson")
     lesson.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
                         help="dense (784-512-latent) or convolutional encoder and decoder")
@@ -59,51 +56,41 @@ def parse_args(argv=None):
     lesson.add_argument("--iwae-samples", type=cli.iwae_samples, default=100,
                         help=f"importance samples k for the test -log p(x) estimate, at most "
                              f"{cli.MAX_IWAE_SAMPLES:,}")
+    lesson.add_argument("--mean-comparison", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train the VAE with its two loss terms averaged, not summed")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     dataset = data.load_dataset(args.dataset, args.data, args.limit)  # checked before all else
-    out = outputs.prepare_outputs(args, SCRIPT_NAME, dataset)
-    runtime.setup(args)
-
+    run = outputs.start(args, SCRIPT_NAME, dataset)  # output folders, devices, seeds
     train_ds, test_ds, test_inputs = data.autoencoder_datasets(
         dataset, args.batch_size, args.binarize, args.seed)
-    encoder = build_encoder(args.arch, args.latent_dim)
-    decoder = build_decoder(args.arch, args.latent_dim)
-    encoder.summary()
-    decoder.summary()
-    vae = build_vae(encoder, decoder, args.beta, args.seed)
-    compile_vae(vae, args.learning_rate)
-    fitted = training.fit(vae, train_ds, validation_data=test_ds, epochs=args.epochs,
-                          backup_dir=out.checkpoint("vae"), log_dir=out.logs("vae"))
-
-    z_mean, z_log_var = training.predict(encoder, test_inputs)
-    scores = evaluate(decoder, test_inputs, z_mean, z_log_var, args)
-    results = {**outputs.results_header(args, dataset), **scores, **fitted.results()}
-    out.write_results(results)
-    out.save_models(vae=vae, vae_encoder=encoder, vae_decoder=decoder)
-    draw_figures(decoder, dataset, test_inputs, z_mean, args, out.figures)
-    out.finish()  # everything is written: the checkpoints can go
+    encoder, decoder, vae = build_vae(args.arch, args.latent_dim, args.beta, args.seed)
+    compile_vae(vae, bernoulli_nll, args.learning_rate)
+    fitted = train(vae, train_ds, test_ds, args, run)
+    results = {**run.header, **evaluate(encoder, decoder, test_inputs, args), **fitted.results()}
+    averaged = train_averaged(train_ds, test_ds, test_inputs, args, run)
+    results["averaged_losses"] = averaged.scores
+    draw_figures(encoder, decoder, averaged, dataset, test_inputs, args, run.figures)
+    run.finish(results, vae=vae, vae_encoder=encoder, vae_decoder=decoder)
     print_summary(results)
 
 
-# -- Data: binarized digits, x_i in {0, 1} ------------------------------------------------------
-# $$ x_i \in \{0, 1\} $$
+# -- Data: binarized digits ---------------------------------------------------------------------
+# $$ x_i \in \{0, 1\}, \quad P(x_i = 1) = \text{grey level of pixel } i $$
 # The decoder below is a Bernoulli distribution over pixels, so the targets must be binary: by
-# default every training image is binarized afresh in every epoch (pixel i is 1 with probability
-# equal to its grey level), and the test images once, with a seed. `data.autoencoder_datasets`
-# builds the tf.data pipelines of (image, image) pairs; `test_inputs` are the binarized test
-# images, and every number below is scored on them.
+# default every training image is binarized afresh in every epoch, and the test images once,
+# with a seed. `data.autoencoder_datasets` builds the tf.data pipelines of (image, image) pairs;
+# `test_inputs` are the binarized test images, and every number below is scored on them.
 
 
-# -- Encoder: q(z | x) = N(z_mean(x), diag(exp(z_log_var(x)))) ---------------------------------
-# $$ q(z \mid x) = \mathcal{N}\big(\mu(x), \mathrm{diag}(e^{\log \sigma^2(x)})\big) $$
+# -- Encoder: a diagonal Gaussian over z --------------------------------------------------------
+# $$ q(z|x) = N(\mu(x), \mathrm{diag}(\sigma^2(x))) $$
 # The encoder outputs the mean and the log-variance of a diagonal Gaussian over z. Predicting
 # log sigma^2 rather than sigma keeps the variance positive without a constraint. The layers that
-# feed the loss (z_mean, z_log_var, the sampling and the logits) compute in float32 even under
-# --mixed-precision, so the nats stay exact.
+# feed the loss compute in float32 even under --mixed-precision, so the nats stay exact.
 
 def build_encoder(arch, latent_dim):
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
@@ -122,17 +109,43 @@ def build_encoder(arch, latent_dim):
     return keras.Model(images, [z_mean, z_log_var], name="encoder")
 
 
-# -- Sampling: z = mu + sigma * eps, eps ~ N(0, I), and the KL term -----------------------------
-# $$ z = \mu + \sigma \odot \varepsilon, \quad \varepsilon \sim \mathcal{N}(0, I) $$
-# The reparameterisation trick makes the randomness an input, so gradients flow to mu and
-# log_var. The `Sampling` layer (common/layers.py, shared with the CVAE) also adds the KL term in
-# closed form to the model's loss with `add_loss`:
-#   beta * KL(q(z|x) || N(0, I)) = -beta/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j))
-# and the `PenalizedModel` around it logs the unweighted KL as `kl_loss`, on every backend.
+# -- Sampling: the reparameterisation trick, and the KL term ------------------------------------
+# $$ z = \mu + \sigma \odot \epsilon, \quad \epsilon \sim N(0, I); \qquad
+#    \mathrm{KL}(q(z|x) \| p(z)) = -\frac{1}{2} \sum_j (1 + \log \sigma_j^2 - \mu_j^2 - \sigma_j^2) $$
+# Sampling z ~ q(z|x) directly has no gradient; sampling the noise eps and computing z does, so
+# gradients flow into mu and log sigma^2. The KL between two Gaussians needs no sampling: the
+# layer computes it in closed form, summed over the latent dimensions, and adds its batch mean,
+# times beta, to the model's loss with `add_loss`. It keeps the unweighted KL too, which the
+# `PenalizedModel` around it logs as `kl_loss` (a metric updated in `call` would not work on JAX).
+
+@keras.saving.register_keras_serializable(package="autoencoders")
+class Sampling(layers.Layer):
+    """z = mu + sigma * eps, adding beta * KL(q(z|x) || N(0, I)) to the model's loss."""
+
+    penalty_name = "kl_loss"  # the name PenalizedModel logs the unweighted KL under
+
+    def __init__(self, beta=1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.beta, self.seed = float(beta), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
+        self.last_penalty = ops.mean(kl)  # nats per image, averaged over the batch
+        self.add_loss(self.beta * self.last_penalty)
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "seed": self.seed}
 
 
-# -- Decoder: p(x | z) = prod_i Bernoulli(x_i; sigmoid(l_i(z))) ----------------------------------
-# $$ p(x \mid z) = \prod_i \mathrm{Bernoulli}\big(x_i; \sigma(l_i(z))\big) $$
+# -- Decoder: a Bernoulli distribution over the pixels ------------------------------------------
+# $$ p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \mathrm{sigmoid}(l_i(z))) $$
 # The decoder returns logits l, not probabilities: the loss is computed from them directly, and
 # a sigmoid turns them into the grey images we draw.
 
@@ -140,7 +153,7 @@ def build_decoder(arch, latent_dim):
     z = keras.Input(shape=(latent_dim,), name="z")
     if arch == "mlp":
         x = layers.Dense(HIDDEN_UNITS, activation="relu", name="decoder_hidden")(z)
-        x = layers.Dense(int(np.prod(data.IMAGE_SHAPE)), name="pixel_logits", dtype="float32")(x)
+        x = layers.Dense(PIXELS, name="pixel_logits", dtype="float32")(x)
         logits = layers.Reshape(data.IMAGE_SHAPE, name="image_logits", dtype="float32")(x)
     else:
         x = layers.Dense(7 * 7 * CONV_FILTERS[-1], activation="relu", name="decoder_hidden")(z)
@@ -152,40 +165,69 @@ def build_decoder(arch, latent_dim):
     return keras.Model(z, logits, name="decoder")
 
 
-# -- The VAE: x -> encoder -> Sampling (adds beta * KL) -> decoder -> logits ---------------------
+# -- The VAE: image, encoder, Sampling, decoder, logits -----------------------------------------
+# `PenalizedModel` is a functional `keras.Model` that logs the KL its Sampling layer keeps.
 
-def build_vae(encoder, decoder, beta, seed):
+def build_vae(arch, latent_dim, beta, seed, name="vae", summary=True):
+    encoder, decoder = build_encoder(arch, latent_dim), build_decoder(arch, latent_dim)
+    if summary:
+        encoder.summary()
+        decoder.summary()
     images = keras.Input(shape=data.IMAGE_SHAPE, name="image")
     z_mean, z_log_var = encoder(images)
     z = Sampling(beta=beta, seed=seed, name="sampling", dtype="float32")([z_mean, z_log_var])
-    return PenalizedModel(images, decoder(z), name="vae")
+    return encoder, decoder, PenalizedModel(images, decoder(z), name=name)
 
 
-# -- Loss: -ELBO(x) = -log p(x | z) + beta * KL, in nats per image -------------------------------
-# $$ -\mathrm{ELBO}(x) = -\log p(x \mid z) + \beta\, \mathrm{KL}(q(z \mid x) \,\|\, p(z)) $$
-# The first term is the Bernoulli negative log-likelihood from the logits, summed over the 784
-# pixels (`losses.bernoulli_nll`: softplus(l) - x * l, nothing clipped); the second is added by
-# the Sampling layer. Keras averages both over the batch, and prints each beside the loss.
+# -- Loss: the negative ELBO, in nats per image -------------------------------------------------
+# $$ -\mathrm{ELBO}(x) = \sum_{i=1}^{784} (\mathrm{softplus}(l_i) - x_i l_i) + \beta\,\mathrm{KL} $$
+# The first term is -log p(x|z), the Bernoulli negative log-likelihood from the logits (the
+# binary cross-entropy with from_logits=True, nothing clipped), summed over the 784 pixels; the
+# second is added by the Sampling layer. Keras averages both over the batch, so the logged
+# `loss` is `reconstruction_loss + beta * kl_loss` (up to the last, smaller batch of an epoch,
+# which the loss weighs by its size and `kl_loss` as one batch).
 
-def compile_vae(vae, learning_rate):
-    training.compile(vae, loss=losses.bernoulli_nll, learning_rate=learning_rate,
-                     metrics=[losses.reconstruction_metric()])
-
-
-# -- Training ------------------------------------------------------------------------------------
-# `training.fit` is Keras's fit with the test split as validation data, so the log shows loss =
-# reconstruction + beta * KL, reconstruction_loss and kl_loss, each also as val_...; it backs up
-# every epoch (a rerun resumes) and stops at the first NaN loss.
+@keras.saving.register_keras_serializable(package="autoencoders")
+def bernoulli_nll(images, logits):
+    """-log p(x | z) per image: the binary cross-entropy from logits, summed over pixels."""
+    per_pixel = ops.binary_crossentropy(images, logits, from_logits=True)
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=-1)
 
 
-# -- Evaluation on the test split, in nats per image ---------------------------------------------
-# The negative ELBO: the reconstruction term averaged over k samples z_i ~ q(z | x), plus the KL
-# in closed form. The importance-weighted bound (Burda et al., 2016) is tighter as k grows:
-#   log p(x) >= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),
+def compile_vae(vae, loss, learning_rate):
+    vae.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                metrics=[keras.metrics.MeanMetricWrapper(bernoulli_nll,
+                                                         name="reconstruction_loss")])
+    training.set_execution(vae)  # steps per call and jax.jit, for this backend
+
+
+# -- Training -----------------------------------------------------------------------------------
+# Keras's fit, with the test split as validation data and three callbacks: a backup after every
+# epoch, so that Ctrl-C and the same command resume (`ResumableBackup`, a BackupAndRestore whose
+# backups survive a kill and keep the history), a stop at the first NaN or exploding loss
+# (`StopOnDivergence`, a TerminateOnNaN that says which model and epoch), and, with
+# --tensorboard, Keras's TensorBoard.
+
+def train(vae, train_ds, test_ds, args, run):
+    backup = training.ResumableBackup(run.checkpoint(vae.name, vae))
+    callbacks = [training.StopOnDivergence(vae, test_ds), backup]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run.logs(vae.name)))
+    vae.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
+            verbose=2)
+    return backup.fitted()
+
+
+# -- Evaluation on the test split, in nats per image --------------------------------------------
+# $$ \log p(x) \ge \log \frac{1}{k} \sum_{i=1}^k \frac{p(x|z_i)\, p(z_i)}{q(z_i|x)},
+#    \quad z_i \sim q(z|x) $$
+# The negative ELBO averages the reconstruction term over k samples of z and adds the KL in
+# closed form. The importance-weighted bound (Burda et al., 2016) above is tighter as k grows,
 # and is the usual estimate of the test -log p(x). A latent unit is active when its posterior
-# mean varies over the data, Var_x E_q[z_u | x] > 0.01; the others collapsed to the prior.
+# mean varies over the data (variance above 0.01); the others collapsed to the prior.
 
-def evaluate(decoder, test_inputs, z_mean, z_log_var, args):
+def evaluate(encoder, decoder, test_inputs, args):
+    z_mean, z_log_var = training.predict(encoder, test_inputs)
     scores = metrics.evaluate_elbo(test_inputs, z_mean, z_log_var,
                                    lambda z, rows: decoder(z), samples=args.iwae_samples,
                                    seed=args.seed)
@@ -196,18 +238,48 @@ def evaluate(decoder, test_inputs, z_mean, z_log_var, args):
             "active_units": metrics.active_units(z_mean)}
 
 
-# -- Figures, all from the test split or the prior -----------------------------------------------
+# -- Sum or mean? The same VAE with its losses averaged -----------------------------------------
+# $$ \frac{1}{784} \sum_i \mathrm{BCE}_i + \frac{\beta}{d} \sum_j \mathrm{KL}_j
+#    = \frac{1}{784} \Big( \sum_i \mathrm{BCE}_i + \frac{784}{d} \beta \sum_j \mathrm{KL}_j \Big) $$
+# Many VAEs average the reconstruction over pixels (Keras's BinaryCrossentropy does) and the KL
+# over latent dimensions. The ELBO is a sum: log p(x|z) has one term per pixel and the KL one per
+# dimension, since both distributions factorise. Averaging scales the loss by 1/784, which Adam
+# hardly notices, and weighs the KL by 784/d: a beta-VAE with beta = 392 for d = 2. Here that VAE
+# trains on the same data, and is scored in the same nats.
 
-def draw_figures(decoder, dataset, test_inputs, z_mean, args, folder):
-    def decode_images(z):  # one call for a whole batch of codes; Bernoulli means in [0, 1]
+class Averaged(NamedTuple):
+    scores: dict        # its test nats, active units and effective beta
+    decoder: object     # its decoder, and the codes of the test images, for the figures
+    z_mean: np.ndarray
+
+
+def train_averaged(train_ds, test_ds, test_inputs, args, run):
+    if not args.mean_comparison:
+        return Averaged(None, None, None)
+    encoder, decoder, vae = build_vae(args.arch, args.latent_dim, args.beta / args.latent_dim,
+                                      args.seed, name="vae_averaged", summary=False)
+    compile_vae(vae, keras.losses.BinaryCrossentropy(from_logits=True), args.learning_rate)
+    fitted = train(vae, train_ds, test_ds, args, run)
+    scores = {**evaluate(encoder, decoder, test_inputs, args),
+              "effective_beta": args.beta * PIXELS / args.latent_dim,
+              "train_seconds": fitted.results()["train_seconds"]}
+    return Averaged(scores, decoder, training.predict(encoder, test_inputs)[0])
+
+
+# -- Figures, all from the test split or the prior ----------------------------------------------
+# The latent space of the test images, coloured by class; the manifold (a row over a 1-D latent
+# space, a grid over a 2-D one, traversals of the busiest dimensions of a wider one);
+# reconstructions; samples from the prior; and the averaged VAE beside the summed one.
+
+def draw_figures(encoder, decoder, averaged, dataset, test_inputs, args, folder):
+    def decode_images(z, decoder=decoder):  # one call per batch of codes; Bernoulli means
         return ops.convert_to_numpy(ops.sigmoid(decoder(z)))
 
+    z_mean = training.predict(encoder, test_inputs)[0]
     title = (f"{data.TITLES[args.dataset]} VAE "
              f"({args.arch}, latent {args.latent_dim}, beta {args.beta:g})")
     plots.plot_latent_scatter(z_mean, dataset.y_test, folder / "vae_latent_scatter.png", title,
                               dataset.class_names, seed=args.seed)
-    # The manifold: a row over a 1-D latent space, a grid over a 2-D one, or traversals of the
-    # busiest dimensions of a wider one.
     if args.latent_dim <= 2:
         shape = "row" if args.latent_dim == 1 else "grid"
         plots.plot_manifold(decode_images, folder / "vae_manifold.png",
@@ -218,7 +290,6 @@ def draw_figures(decoder, dataset, test_inputs, z_mean, args, folder):
         plots.plot_latent_traversals(decode_images, busiest, args.latent_dim,
                                      folder / "vae_manifold.png",
                                      f"{title}\ntraversals of the most active latent dimensions")
-    # Two test images per class and their reconstructions (the decoded posterior mean).
     picked = data.examples_per_class(dataset.y_test, 2)
     rows, labels = [dataset.x_test[picked]], ["original"]
     if args.binarize != "none":
@@ -229,9 +300,18 @@ def draw_figures(decoder, dataset, test_inputs, z_mean, args, folder):
     prior = ops.convert_to_numpy(keras.random.normal((100, args.latent_dim), seed=args.seed))
     plots.plot_image_grid(decode_images(prior), folder / "vae_samples.png",
                           f"{title}\nsamples: z ~ N(0, I), Bernoulli means")
+    if averaged.decoder is not None:
+        plots.plot_image_rows(
+            [rows[-1], decode_images(z_mean[picked]),
+             decode_images(averaged.z_mean[picked], averaged.decoder),
+             decode_images(prior[:len(picked)]), decode_images(prior[:len(picked)],
+                                                              averaged.decoder)],
+            ["input", "summed: recon.", "averaged: recon.", "summed: sample", "averaged: sample"],
+            folder / "vae_sum_or_mean.png",
+            f"{title}\nlosses summed (the ELBO) or averaged (beta x {PIXELS / args.latent_dim:g})")
 
 
-# -- Summary -------------------------------------------------------------------------------------
+# -- Summary ------------------------------------------------------------------------------------
 
 def print_summary(results):
     print(f"\n{SCRIPT_NAME} on {results['test_examples']:,} held-out test images "
@@ -241,6 +321,13 @@ def print_summary(results):
           f" + KL {results['test_kl_nats']:.2f}")
     print(f"  -log p(x), IWAE k={results['iwae_samples']:<4d} {results['test_nll_iwae_nats']:8.2f}")
     print(f"  active units            {results['active_units']:5d} of {results['latent_dim']}")
+    averaged = results["averaged_losses"]
+    if averaged is not None:
+        print(f"  losses averaged instead {averaged['test_neg_elbo_nats']:8.2f}"
+              f"  = reconstruction {averaged['test_reconstruction_nats']:.2f}"
+              f" + KL {averaged['test_kl_nats']:.2f} "
+              f"(beta x {PIXELS / results['latent_dim']:g}, "
+              f"{averaged['active_units']} active units)")
     print(f"  training                {results['train_seconds']:8.1f} s "
           f"({results['seconds_per_epoch']:.2f} s per epoch, {results['train_examples']:,} images)")
 

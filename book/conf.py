@@ -4,8 +4,16 @@ The pages are MyST Markdown. Code is included from the lesson scripts at build t
 (`literalinclude` with `:pyobject:`), figures from figures/; the scripts, notebooks and results
 are copied in as downloads (`{download}`). MathJax is the copy that the sphinx-mathjax-offline
 package bundles, served from _static/mathjax/. The theme bundles its own fonts and scripts, so a
-page asks no host but its own for anything.
+page asks no host but its own for anything. Every measured number on a page is read from
+results/*.json as the book builds: {result}`VariationalAutoEncoder_tf2.train_seconds:.1f` (the
+extension _ext/results.py, whose docstring gives the syntax).
 """
+
+import sys
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+sys.path.insert(0, str(BOOK / "_ext"))
 
 project = "Autoencoders in Keras 3"
 author = "the autoencoders suite"
@@ -14,7 +22,9 @@ copyright = "the autoencoders suite"
 extensions = [
     "myst_parser",
     "sphinx-mathjax-offline",  # sets mathjax_path to its bundled MathJax 3 and copies it
+    "results",  # _ext/results.py: the role {result}`File.key:format`, from results/*.json
 ]
+results_dir = str(BOOK.parent / "results")  # every *.json in it, loaded when the build starts
 
 myst_enable_extensions = [
     "dollarmath",  # $...$ and $$...$$

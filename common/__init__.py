@@ -1,16 +1,6 @@
-"""Plumbing shared by the lessons of the suite: data, noise, layers, losses, metrics, plots,
-outputs, training, runtime and the command line.
-
-Importing the package registers its custom Keras objects (the `Sampling` layer, the
-`PenalizedModel` that logs its KL, and the `bernoulli_nll` loss), so a saved VAE, CVAE,
-autoencoder or denoiser loads with::
-
-    import common
-    import keras
-    model = keras.models.load_model("models/vae.keras")
-
-A lesson's own layers (the sparsity penalties, the contractive layer) are registered by the
-lesson: import it first, as its docstring says.
+"""Plumbing shared by the lessons; a learner follows a lesson without opening it (see the book,
+Layout). Importing it quiets TensorFlow's start-up logs and registers `PenalizedModel` and
+`bernoulli_nll`; a saved model with a lesson's own layers loads after importing that lesson.
 """
 
 from common import runtime  # first: quiets TensorFlow's start-up logging before it is imported

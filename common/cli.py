@@ -1,11 +1,11 @@
-"""The command line every lesson shares, and one-line errors instead of tracebacks.
-
-Bad input exits with status 2 before anything happens; a run that goes wrong (a diverged loss,
-a full disk) exits with status 1 and changes no output; Ctrl-C exits with status 130, SIGTERM
-with 143, a closed output pipe with 141, and the same command resumes.
+"""The command line every lesson shares, and one-line errors instead of tracebacks: exit status 2
+for bad input, 1 for a failed run, 130 for Ctrl-C, 143 for SIGTERM, 141 for a closed pipe. See the
+book, The command line and When something goes wrong.
 """
 
 import argparse
+import ast
+import contextlib
 import inspect
 import math
 import os
@@ -21,6 +21,8 @@ from common import runtime
 from common.data import DATASETS
 from common.errors import TrainingError
 from common.errors import UsageError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the lessons' folder
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,10 +46,6 @@ class Parser(argparse.ArgumentParser):
 
 def positive_int(text):
     return _number(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def nonnegative_int(text):
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 # NumPy's generators and `keras.utils.set_random_seed` take seeds in [0, 2**32 - 1].
@@ -77,26 +75,22 @@ def positive_float(text):
 MAX_PENALTY_WEIGHT = 1e6
 
 
-def penalty_weight(text):
-    """An argparse type: the weight of a term of the loss, from 0 to MAX_PENALTY_WEIGHT."""
-    value = nonnegative_float(text)
-    if value > MAX_PENALTY_WEIGHT:
-        raise argparse.ArgumentTypeError(
-            f"must be at most {MAX_PENALTY_WEIGHT:g} (a larger weight overflows float32 "
-            f"gradients), got {text!r}")
-    return value
-
-
 def at_most(limit, why, kind=positive_int):
     """An argparse type: a value of type `kind` no larger than `limit`; `why` says why."""
+    shown = f"{limit:,}" if isinstance(limit, int) else f"{limit:g}"
+
     def checked(text):
         value = kind(text)
         if value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be at most {shown} ({why}), got {text!r}")
         return value
 
     checked.__name__ = kind.__name__
     return checked
+
+
+penalty_weight = at_most(MAX_PENALTY_WEIGHT, "a larger weight overflows float32 gradients",
+                         nonnegative_float)
 
 
 def output_folder(text):
@@ -126,10 +120,12 @@ iwae_samples = at_most(MAX_IWAE_SAMPLES, "twice the 5,000 of Burda et al.")
 MAX_BATCH_SIZE = 2**31 - 1
 
 
-def base_parser(script_path, description, epochs, batch_size, learning_rate):
-    """The flags every lesson shares, with its defaults; a lesson adds its own."""
-    script_path = pathlib.Path(script_path)
-    parser = Parser(prog=script_path.name, description=description,
+def base_parser(script, epochs, batch_size, learning_rate):
+    """The flags every lesson shares, with its defaults; a lesson adds its own. `script` is the
+    lesson's name ("VariationalAutoEncoder_tf2"): the first line of its docstring describes it."""
+    path = ROOT / f"{script}.py"
+    description = ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0]
+    parser = Parser(prog=path.name, description=description,
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     shared = parser.add_argument_group("shared by every lesson")
     shared.add_argument("--epochs", type=positive_int, default=epochs,
@@ -149,7 +145,7 @@ def base_parser(script_path, description, epochs, batch_size, learning_rate):
                              "instead of the cache, download or offline sample")
     shared.add_argument("--limit", type=positive_int, metavar="N",
                         help="train on the first N training examples only")
-    shared.add_argument("--out", type=output_folder, default=script_path.resolve().parent,
+    shared.add_argument("--out", type=output_folder, default=ROOT,
                         metavar="DIR",
                         help="write DIR/figures, DIR/results and DIR/models")
     scaling = parser.add_argument_group("scaling up (see the book, Scaling up)")
@@ -169,10 +165,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def run(main, argv=None):
-    """Run `main(argv)`, reporting what goes wrong in one line, never a traceback: bad input
-    with exit status 2, a failed run (`TrainingError`, a full disk) with 1, Ctrl-C with 130,
-    SIGTERM with 143; a closed output pipe (`| head`) ends the run quietly, with 141 as a
-    program killed by SIGPIPE would. After any of them the same command resumes."""
+    """Run `main(argv)`, reporting what goes wrong in one line with the exit statuses above."""
     prog = pathlib.Path(inspect.getfile(main)).name
     resume = "run the same command again to resume from the last finished epoch"
     previous = _on_sigterm()
@@ -190,14 +183,10 @@ def run(main, argv=None):
     except KeyboardInterrupt:
         _say(f"{prog}: interrupted; {resume}")
         sys.exit(130)
-    except BrokenPipeError:
-        _silence_stdout()
-        _say(f"{prog}: output closed (broken pipe); {resume}")
-        sys.exit(141)
-    except SystemExit as stop:
+    except (BrokenPipeError, SystemExit) as err:
         # rich, which prints Keras's model summaries, meets a closed pipe with SystemExit(1);
         # the lessons themselves leave only through the exceptions above (and argparse, 0 or 2).
-        if stop.code != 1:
+        if isinstance(err, SystemExit) and err.code != 1:
             raise
         _silence_stdout()
         _say(f"{prog}: output closed (broken pipe); {resume}")
@@ -227,21 +216,16 @@ def _on_sigterm():
 
 def _say(line):
     """Print one line on stderr, if stderr is still there to print on."""
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _silence_stdout():
-    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe does
-    not print an error of its own."""
-    try:
+    """Point stdout at /dev/null: the interpreter's last flush of a closed pipe prints no error."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _in_float32(value, text):

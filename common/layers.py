@@ -1,33 +1,17 @@
-"""The `Sampling` layer of the VAE and the CVAE, the closed-form KL it adds to the loss (also used
-to score the test split), and `PenalizedModel`, which logs each penalty a layer adds, on every
-Keras backend. All are registered, so saved models load after `import common`.
+"""`PenalizedModel`: a functional `keras.Model` that logs, beside its loss, the penalty terms its
+layers add, on every Keras backend (see the book, Backends). Registered, so saved models load
+after `import common`.
 
-A penalty layer (`Sampling` here, the sparsity and contractive layers of their lessons) adds its
-weighted term to the model's loss with `add_penalty`, which calls `add_loss` and keeps the
-unweighted term of this forward pass; `PenalizedModel.compute_loss` hands that term to a `Mean`
-metric named after the layer's `penalty_name`, so `kl_loss` and `val_kl_loss` show in the log and
-in `history.history`. (A metric updated inside a layer's `call` works on TensorFlow and PyTorch
-but not on JAX, whose forward pass is stateless; `compute_loss` runs where every backend keeps
-the metrics' state.)
+A penalty layer adds `weight * value` with `self.add_loss` and keeps the unweighted `value` of
+this forward pass as `self.last_penalty`; its class attribute `penalty_name` names the metric.
 """
-
 import keras
-from keras import layers
-from keras import ops
-
-
-def add_penalty(layer, value, weight):
-    """Add `weight * value` to the loss of the model that calls `layer` (with `add_loss`), and
-    keep the unweighted `value` for `PenalizedModel` to log as `layer.penalty_name`."""
-    layer.add_loss(weight * value)
-    layer.last_penalty = value
 
 
 @keras.saving.register_keras_serializable(package="autoencoders")
 class PenalizedModel(keras.Model):
-    """A functional `keras.Model` (built as `PenalizedModel(inputs, outputs, name=...)`) that
-    logs, beside its loss, the unweighted term of every penalty layer in it, nested models
-    included: a `Mean` metric per layer, named by its `penalty_name`."""
+    """`PenalizedModel(inputs, outputs, name=...)`: a `Mean` metric per penalty layer in it,
+    nested models included, updated in `compute_loss`, where every backend keeps metric state."""
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
         super().__init__(inputs, outputs, name=name, **kwargs)
@@ -42,8 +26,7 @@ class PenalizedModel(keras.Model):
 
 
 def penalty_layers(model):
-    """The layers of `model` that add a penalty (they have a `penalty_name`), in order, looking
-    inside nested models."""
+    """The layers of `model`, nested models included, that have a `penalty_name`, in order."""
     found = []
     for layer in model.layers:
         if hasattr(layer, "penalty_name"):
@@ -51,47 +34,3 @@ def penalty_layers(model):
         if isinstance(layer, keras.Model):
             found += penalty_layers(layer)
     return found
-
-
-@keras.saving.register_keras_serializable(package="autoencoders")
-class Sampling(layers.Layer):
-    """Draw z ~ q(z | x) = N(mu, diag(sigma^2)) with the reparameterisation trick, and add the KL.
-
-    Reparameterisation: z = mu + sigma * eps with eps ~ N(0, I) and sigma = exp(0.5 * log_var),
-    so z is a differentiable function of (mu, log_var) and the noise is an input, not a node.
-
-    KL to the prior N(0, I), in closed form, summed over the d latent dimensions:
-        KL(q(z|x) || p(z)) = -1/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j))
-    averaged over the batch, weighted by `beta` and added to the model's loss with `add_loss`.
-    In a `PenalizedModel` the unweighted KL is logged as `kl_loss` and `val_kl_loss`, in nats
-    per example.
-    """
-
-    penalty_name = "kl_loss"
-
-    def __init__(self, beta=1.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.beta = float(beta)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, inputs):
-        z_mean, z_log_var = inputs
-        add_penalty(self, ops.mean(kl_divergence(z_mean, z_log_var)), self.beta)
-        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
-        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self):
-        return {**super().get_config(), "beta": self.beta, "seed": self.seed}
-
-
-def kl_divergence(z_mean, z_log_var):
-    """KL(N(mu, diag(exp(log_var))) || N(0, I)) per example, summed over latent dimensions.
-
-    The closed form for two Gaussians: -1/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)).
-    Takes tensors and returns a tensor (`metrics.evaluate_elbo` computes it in NumPy's float64).
-    """
-    return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)

@@ -1,14 +1,6 @@
-"""Held-out metrics for latent-variable models, in nats per example.
-
-For a VAE with encoder q(z|x) = N(mu(x), diag(sigma^2(x))), prior p(z) = N(0, I) and a Bernoulli
-decoder p(x|z), one importance weight per sample z_i ~ q(z|x) is
-
-    log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x).
-
-- The negative ELBO, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), averages -log p(x|z_i) over the k
-  samples and adds the KL in closed form (lower variance than estimating it by sampling).
-- The importance-weighted bound of Burda et al. (IWAE), log p(x) >= log (1/k) sum_i w_i, is
-  tighter as k grows and is the usual estimate of the test log-likelihood: -log p(x) is reported.
+"""Held-out metrics for latent-variable models, in nats per example: the negative ELBO (its KL in
+closed form), the IWAE estimate of -log p(x) (Burda et al.), reconstruction errors and active
+units. See the book, the VAE lesson's Evaluation.
 """
 
 import math
@@ -25,12 +17,10 @@ POINTS_PER_CALL = 10_000  # latent points decoded at once: (10,000, 784) logits,
 def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chunk=None):
     """Negative ELBO, its two terms and the k-sample IWAE estimate of -log p(x), in nats.
 
-    x: (N, ...) targets in [0, 1] (binary for a true log-likelihood); z_mean, z_log_var: (N, d)
-    from the encoder. decode_logits(z, rows) maps latent points z, shape (M, d), drawn for the
-    examples x[rows], to pixel logits of shape (M, ...). Examples are processed `chunk` at a
-    time, each chunk's chunk * samples latent points decoded in one call; by default 100
-    examples, fewer for k > 100 so that a call decodes at most POINTS_PER_CALL points (the
-    draws, and so the numbers, do not depend on the chunk).
+    x: (N, ...) targets in [0, 1]; z_mean, z_log_var: (N, d). decode_logits(z, rows) maps latent
+    points z (M, d), drawn for the examples x[rows], to pixel logits (M, ...). `chunk` examples
+    are decoded per call: by default 100, fewer for k > 100 so that a call decodes at most
+    POINTS_PER_CALL points (the numbers do not depend on the chunk).
     """
     chunk = chunk or min(100, max(1, POINTS_PER_CALL // samples))
     rng = np.random.default_rng(seed)
@@ -68,12 +58,8 @@ def evaluate_elbo(x, z_mean, z_log_var, decode_logits, samples=100, seed=0, chun
 
 
 def reconstruction_errors(targets, logits):
-    """Test reconstruction error of a decoder that gives pixel logits, averaged over the images.
-
-    - `test_bce_nats`: the binary cross-entropy from the logits, summed over the pixels, in nats
-      per image (the Bernoulli -log p(x | z) for binary targets; a cross-entropy for grey ones);
-    - `test_mse_per_pixel`: the squared error of the grey image sigmoid(logits), per pixel.
-    """
+    """Reconstruction errors of pixel logits, averaged over the images: `test_bce_nats`, the
+    binary cross-entropy summed over the pixels, and `test_mse_per_pixel`, of sigmoid(logits)."""
     targets = np.asarray(targets, np.float32)
     bce = ops.convert_to_numpy(bernoulli_nll(targets, ops.convert_to_tensor(logits, "float32")))
     images = ops.convert_to_numpy(ops.sigmoid(ops.convert_to_tensor(logits, "float32")))
@@ -82,11 +68,8 @@ def reconstruction_errors(targets, logits):
 
 
 def active_units(z_mean, threshold=0.01):
-    """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_u | x]) > 0.01.
-
-    Burda et al. (2016): a unit whose posterior mean ignores the input is "inactive" (collapsed
-    to the prior), whatever the size of the latent space.
-    """
+    """Latent dimensions whose posterior mean varies over the data, Var_x(E_q[z_u | x]) > 0.01
+    (Burda et al., 2016); the others have collapsed to the prior."""
     return int(np.sum(np.var(z_mean, axis=0) > threshold))
 
 

@@ -1,15 +1,6 @@
-"""Noise models for denoising autoencoders, and a tf.data pipeline of (noisy, clean) pairs.
-
-Three ways to corrupt images x in [0, 1], each one vectorised draw over the whole batch:
-
-- `gaussian`:        x + factor * N(0, 1), clipped back to [0, 1] (additive sensor noise);
-- `masking`:         a fraction of the pixels set to 0 (dropped pixels, "masking noise");
-- `salt_and_pepper`: a fraction of the pixels set to 0 or 1, half each (dead and hot pixels).
-
-The same functions work on NumPy arrays (NumPy in, NumPy out: for figures and evaluation) and on
-tensors inside a `tf.data` pipeline. The randomness comes from TensorFlow's stateless random ops,
-so a seed fixes the draw: the same seed gives the same noise, another seed other noise. The seed
-is an int, or a pair of ints (the form `tf.data.Dataset.random(...).batch(2)` hands over).
+"""Noise models for denoising autoencoders (`gaussian`, `masking`, `salt_and_pepper`), on NumPy
+arrays or tensors, seeded by an int or a seed pair through TensorFlow's stateless random ops; and
+a tf.data pipeline of (noisy, clean) pairs. See the book, Denoising autoencoder.
 """
 
 import functools
@@ -72,13 +63,9 @@ def add_noise(images, noise, factor, seed):
 
 
 def denoising_datasets(data, batch_size, noise, factor, seed):
-    """tf.data pipelines of (noisy image, clean image) pairs: train shuffled, test fixed.
-
-    Returns (train, test, noisy_test). Every epoch draws a fresh corruption of every training
-    image inside the pipeline, so the model never sees the same noisy image twice and cannot
-    memorise the noise. The test images are corrupted once (seed + 1), so every epoch and every
-    run with the same settings is scored on the same noisy test images.
-    """
+    """(train, test, noisy_test): tf.data pipelines of (noisy image, clean image) pairs, with a
+    fresh corruption of every training image in every epoch, and the test images corrupted once
+    (seed + 1), so that every epoch and every run is scored on the same noisy images."""
     add_noise(data.x_test[:1], noise, factor, seed)  # a bad noise name or factor fails here
     noisy_test = add_noise(data.x_test, noise, factor, seed + 1)
     corrupt = CORRUPT[noise]

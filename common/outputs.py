@@ -1,32 +1,10 @@
 """Where a lesson writes: DIR/figures, DIR/results/<Script>.json, DIR/models, DIR/checkpoints.
 
-The outputs of one run are one unit, and no reader ever finds half of one:
-
-- while the lesson runs, its results, models and figures are written into hidden staging folders
-  (`DIR/figures/.<Script>.staging-<pid>-<random>`, and the same under results/ and models/). Only
-  when every one of them is complete does `OutputPaths.finish` move them into place: it first
-  writes the list of moves (`DIR/checkpoints/<Script>.commit.json`), then renames each file,
-  then deletes the list. A run that fails or is killed before the list is written leaves the
-  previous run's outputs exactly as they were; one killed during the renames is completed by the
-  next run of the lesson, which replays the list before anything else;
-- every other file (a checkpoint, the list of moves) is written under a hidden temporary name
-  beside its final one, flushed to disk, then renamed, which is atomic;
-- before a large file is written, the free space is checked: a full disk stops the run with one
-  line naming the file and the room it needs (`OutOfSpace`), never a crash half-way;
-- temporary names carry the writer's process id, so the next run removes those whose writer is
-  gone. It removes only what this suite wrote: staging folders holding its marker file, and
-  temporaries inside DIR/checkpoints, which is the suite's own;
-- one run of a lesson at a time may write into DIR: a second one is refused (`UsageError`) while
-  the first holds DIR/checkpoints/<Script>.lock. The operating system drops the lock when a
-  process ends, however it ends, so a killed run never leaves a stale lock behind.
-
-Each model trains under DIR/checkpoints/<Script>-<model>-<identity>: the identity is a hash of
-everything that determines the trained model (the settings, the data's content and origin, and
-the model's architecture and compile configuration), so a rerun resumes only the run it is.
-
-In a multi-worker run only the chief writes into DIR; the other workers write their copies of
-the results, models, figures and logs into a temporary folder they delete at the end, and read
-the chief's checkpoints (so DIR must be on a file system every worker sees) to resume with it.
+A run's results, models and figures are staged in hidden folders and moved into place together,
+through a list of moves (DIR/checkpoints/<Script>.commit.json) that the next run completes if a
+kill cut it short. Every other file is written atomically, after a free-space check; one run of a
+lesson at a time holds DIR; checkpoints are named by a hash of the run. What a user sees of this
+is in the book, When something goes wrong (and Scaling up, for multi-worker runs).
 """
 
 import contextlib
@@ -56,16 +34,15 @@ _STAGING = re.compile(r"^\.(.+)\.staging-(\d+)-[0-9a-f]{8}$")
 STAGING_MARKER = ".autoencoders-staging"  # written first into every staging folder
 SUBFOLDERS = ("figures", "results", "models", "checkpoints")
 STAGED = ("figures", "results", "models")
-_held_lock = None  # the lock file of the run in this process, see `prepare_outputs`
-_scratch = None    # a non-chief worker's temporary output folder, see `prepare_outputs`
+_held_lock = None  # the lock file of the run in this process
+_scratch = None    # a non-chief worker's temporary output folder
 _staging = []      # this process's staging folders, removed by `release` unless committed
 
 
 @dataclasses.dataclass
-class OutputPaths:
-    """The output folders of one run: `figures`, `results` and `models` are where the lesson
-    writes (staging folders until `finish` moves their files into `final`), and `checkpoints`
-    where its models train."""
+class Run:
+    """One run of a lesson: where it writes. `figures`, `results` and `models` are staging
+    folders until `finish`; `header` holds the first keys of its results."""
 
     root: pathlib.Path
     figures: pathlib.Path
@@ -74,33 +51,34 @@ class OutputPaths:
     checkpoints: pathlib.Path
     script: str = "lesson"
     settings_digest: str = "default"
-    tensorboard: bool = False
+    header: dict = dataclasses.field(default_factory=dict)
     chief: bool = True
     checkpoints_used: list = dataclasses.field(default_factory=list)
     final: dict = dataclasses.field(default_factory=dict)  # "figures" -> DIR/figures, ...
 
-    def checkpoint(self, model_name):
-        """Where `model_name` keeps its training state in this run: a `Checkpoint`, which
-        `training.fit` turns into a folder once it knows the model's architecture."""
-        return Checkpoint(self, model_name)
+    def checkpoint(self, model_name, model):
+        """DIR/checkpoints/<Script>-<model_name>-<identity>: the identity hashes the run's
+        settings and data and the compiled model's architecture."""
+        identity = hashlib.sha1(f"{self.settings_digest} "
+                                f"{architecture_fingerprint(model)}".encode()).hexdigest()[:12]
+        folder = self.checkpoints / f"{self.script}-{model_name}-{identity}"
+        self.checkpoints_used.append(folder)
+        return folder
 
     def logs(self, model_name):
-        """DIR/logs/<Script>/<model>, where TensorBoard logs go with --tensorboard; else None."""
-        return self.root / "logs" / self.script / model_name if self.tensorboard else None
+        """DIR/logs/<Script>/<model_name>, for keras.callbacks.TensorBoard."""
+        return str(self.root / "logs" / self.script / model_name)
 
     def write_results(self, results):
-        """Write the results as <results>/<Script>.json (see `write_results`)."""
         write_results(self.results / f"{self.script}.json", results)
 
-    def save_models(self, **models):
-        """Save each model as <models>/<name>.keras."""
+    def finish(self, results=None, **models):
+        """Write the results and each model (<name>.keras), move them and the figures into place
+        together, discard the run's checkpoints and release DIR."""
+        if results is not None:
+            self.write_results(results)
         for name, model in models.items():
             save_model(model, self.models / f"{name}.keras")
-
-    def finish(self):
-        """Move this run's results, models and figures into place together, discard its
-        checkpoints, and let the next run of the lesson into DIR. (A worker other than the chief
-        deletes its temporary folder instead.)"""
         if self.chief:
             commit(self.checkpoints / f"{self.script}.commit.json",
                    [(getattr(self, kind), self.final[kind]) for kind in STAGED])
@@ -109,39 +87,15 @@ class OutputPaths:
         release()
 
 
-class Checkpoint:
-    """The checkpoint folder of one model of one run, DIR/checkpoints/<Script>-<model>-<hash>:
-    the hash covers the run's settings and data (`settings_digest`) and the model's architecture
-    and compile configuration (`architecture_fingerprint`)."""
-
-    def __init__(self, paths, model_name):
-        self.paths, self.model_name = paths, model_name
-
-    def folder(self, model):
-        identity = hashlib.sha1(f"{self.paths.settings_digest} "
-                                f"{architecture_fingerprint(model)}".encode()).hexdigest()[:12]
-        folder = self.paths.checkpoints / f"{self.paths.script}-{self.model_name}-{identity}"
-        self.paths.checkpoints_used.append(folder)
-        return folder
-
-
-def checkpoint_folder(backup_dir, model):
-    """The folder `training.fit` backs up into: a `Checkpoint`'s for this model, or a path."""
-    if isinstance(backup_dir, Checkpoint):
-        return backup_dir.folder(model)
-    return pathlib.Path(backup_dir)
-
-
 # Compile settings that change how training runs, not what it computes: a multi-worker run
 # takes one step per execution where a single process takes 32, and resumes the same backups.
 HOW_NOT_WHAT = ("steps_per_execution", "jit_compile", "run_eagerly")
 
 
 def architecture_fingerprint(model):
-    """A hash of what `get_config` says of the model and every layer in it, and of its compile
-    configuration (optimizer, loss, metrics; not HOW_NOT_WHAT). Layer names are replaced by
-    their order of appearance, so the hash does not depend on how many models this process
-    built before."""
+    """A hash of the model's `get_config` (every layer) and compile configuration, but
+    HOW_NOT_WHAT. Layer names become their order of appearance, so the hash does not depend on
+    how many models this process built before."""
     import keras
 
     config = {"model": keras.saving.serialize_keras_object(model)}
@@ -171,9 +125,13 @@ def _collect_names(value, names):
 
 
 def _renamed(value, names):
-    """`value` with the names replaced, and without the keys HOW_NOT_WHAT."""
+    """`value` with the names replaced, without the keys HOW_NOT_WHAT, and without the Python
+    module a class or function was defined in: a lesson's own layer is `__main__.Sampling` when
+    the lesson runs as a script and `VariationalAutoEncoder_tf2.Sampling` when imported (a
+    notebook, a test); its registered name is the same."""
     if isinstance(value, dict):
-        return {k: _renamed(v, names) for k, v in value.items() if k not in HOW_NOT_WHAT}
+        return {k: _renamed(v, names) for k, v in value.items()
+                if k not in HOW_NOT_WHAT and k != "module"}
     if isinstance(value, (list, tuple)):
         return [_renamed(v, names) for v in value]
     if isinstance(value, str):
@@ -182,8 +140,8 @@ def _renamed(value, names):
 
 
 def check_writable(text, subfolders=SUBFOLDERS):
-    """The --out folder, if it and each of its `subfolders` exist or could be created and
-    written to, and every name in it fits the file system; nothing is created."""
+    """The --out folder, if it and its `subfolders` could be created and written, with names
+    the file system allows; `UsageError` otherwise. Nothing is created."""
     path = pathlib.Path(text)
     for folder in (path, *(path / name for name in subfolders)):
         _check_folder(folder, path)
@@ -219,42 +177,45 @@ def _check_folder(folder, out):
 
 # Flags that do not change what is trained, so a rerun with another value resumes. --data is
 # the path of a file: its content (`Dataset.fingerprint`) is what counts, wherever it lies.
-NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard", "data")
+NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard", "data", "mean_comparison")
 
 
 def settings_digest(args, dataset=None):
-    """A short hash of a run's settings (its flags but NOT_SETTINGS) and of its data: the images
-    themselves and where they came from. It names the run's checkpoints."""
+    """A short hash of the flags (but NOT_SETTINGS), the backend and the data's content and
+    origin: it names the run's checkpoints."""
     settings = {k: str(v) for k, v in vars(args).items() if k not in NOT_SETTINGS}
-    settings["backend"] = runtime.BACKEND  # each draws its own numbers: never resume another's
+    settings["backend"] = runtime.BACKEND
     if dataset is not None:
         settings["data fingerprint"] = dataset.fingerprint
         settings["data origin"] = dataset.origin
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def prepare_outputs(args, script, dataset=None):
-    """Check every output folder, then create them, take the lesson's lock on DIR, complete a
-    move of outputs a killed run left half-done, clear stale temporaries, and make this run's
-    staging folders.
+def start(args, script, dataset):
+    """Begin a run, once the flags and data are checked (bad input creates nothing):
+    `open_folders`, then `runtime.setup`, which prints the `device:` line."""
+    runtime.check_batches(args, dataset)
+    run = open_folders(args, script, settings_digest(args, dataset),
+                       results_header(args, dataset))
+    runtime.setup(args)
+    return run
 
-    Call it once the flags and the data are checked: bad input creates nothing.
-    """
+
+def open_folders(args, script, digest="default", header=None):
+    """Check and create the output folders, take the lesson's lock on DIR, complete an
+    interrupted commit, clear stale temporaries and make the staging folders. A non-chief
+    worker writes into a temporary folder instead."""
     global _scratch
-    if dataset is not None:
-        runtime.check_batches(args, dataset)
-    digest = settings_digest(args, dataset)
-    tensorboard = getattr(args, "tensorboard", False)
-    if not runtime.is_chief(args):  # another worker of a multi-worker run: write nothing to DIR
+    header = header or {}
+    if not runtime.is_chief(args):
         root = _scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{script}-worker-"))
-        paths = OutputPaths(root, root / "figures", root / "results", root / "models",
-                            pathlib.Path(args.out) / "checkpoints", script, digest, tensorboard,
-                            chief=False)
+        run = Run(root, root / "figures", root / "results", root / "models",
+                  pathlib.Path(args.out) / "checkpoints", script, digest, header, chief=False)
         for kind in STAGED:
-            getattr(paths, kind).mkdir()
-        return paths
+            getattr(run, kind).mkdir()
+        return run
     root = pathlib.Path(args.out)
-    check_writable(root, SUBFOLDERS + (("logs",) if tensorboard else ()))
+    check_writable(root, SUBFOLDERS + (("logs",) if getattr(args, "tensorboard", False) else ()))
     for name in SUBFOLDERS:
         folder = root / name
         try:
@@ -269,9 +230,9 @@ def prepare_outputs(args, script, dataset=None):
     for name in SUBFOLDERS:
         remove_stale_temporaries(root / name)
     staging = {kind: make_staging_folder(root / kind, script) for kind in STAGED}
-    return OutputPaths(root, staging["figures"], staging["results"], staging["models"],
-                       root / "checkpoints", script, digest, tensorboard,
-                       final={kind: root / kind for kind in STAGED})
+    return Run(root, staging["figures"], staging["results"], staging["models"],
+               root / "checkpoints", script, digest, header,
+               final={kind: root / kind for kind in STAGED})
 
 
 # -- One run of a lesson at a time in one folder ---------------------------------------------------
@@ -297,8 +258,8 @@ def take_lock(path, root):
 
 
 def release():
-    """Drop the lock on DIR, delete this run's staging folders (what it had not moved into
-    place), and a non-chief worker's temporary folder: the end of a run, however it ended."""
+    """The end of a run, however it ended: delete its staging folders (what was not moved into
+    place) and a non-chief worker's temporary folder, and drop the lock on DIR."""
     global _held_lock, _scratch
     while _staging:
         shutil.rmtree(_staging.pop(), ignore_errors=True)
@@ -347,9 +308,8 @@ def make_staging_folder(folder, script):
 
 
 def remove_stale_temporaries(folder):
-    """Remove what runs that are gone left half-done in `folder`: the staging folders (each
-    with its marker file) at its top, and, in the checkpoints folder, which is the suite's own,
-    temporary files and folders at any depth. Nothing else is touched."""
+    """Remove what runs that are gone left in `folder`: staging folders holding the marker, and
+    in DIR/checkpoints, temporaries at any depth. Nothing else is touched."""
     folder = pathlib.Path(folder)
     for entry in folder.glob(".*.staging-*"):
         match = _STAGING.match(entry.name)
@@ -365,10 +325,9 @@ def remove_stale_temporaries(folder):
 
 
 def commit(journal, staged):
-    """Move every file of the staging folders into its final folder, all or none visibly: the
-    list of moves is written (atomically) first, so a kill during the renames is completed by
-    `replay_commit` at the next run. `staged` is a list of (staging folder, final folder) under
-    DIR, and `journal` lies in DIR/checkpoints; the list holds paths relative to DIR."""
+    """Move every file of the staging folders into its final folder: the list of moves (paths
+    relative to DIR) is written atomically to `journal` first, so that `replay_commit` can
+    complete it after a kill. `staged`: (staging folder, final folder) pairs under DIR."""
     root = pathlib.Path(journal).parent.parent
     moves = [[os.path.relpath(item, root), os.path.relpath(final / item.name, root)]
              for staging, final in staged
@@ -477,8 +436,8 @@ def results_header(args, dataset):
 
 
 def write_results(path, results):
-    """Write `results` as indented JSON. None stands for an undefined metric; a NaN or infinite
-    number means the run went wrong, and is refused (`TrainingError`) rather than written."""
+    """Write `results` as indented JSON, atomically. None stands for an undefined metric; a NaN
+    or infinite number is refused (`TrainingError`)."""
     bad = sorted(set(_non_finite(results)))
     if bad:
         raise TrainingError(f"the evaluation gave non-finite numbers ({', '.join(bad)}); "
@@ -486,8 +445,7 @@ def write_results(path, results):
     text = json.dumps(results, indent=2) + "\n"
     with writing(path, len(text)):
         with atomic_path(path) as tmp:
-            with open(tmp, "w") as handle:
-                handle.write(text)
+            pathlib.Path(tmp).write_text(text)
 
 
 def _non_finite(value, key="results"):
@@ -520,9 +478,9 @@ def weights_bytes(model):
 
 @contextlib.contextmanager
 def writing(path, size):
-    """Write `path` (about `size` bytes) in the block: refused up front with `OutOfSpace` if the
-    file system has not that much room and some to spare (libraries such as h5py can crash on a
-    full disk instead of raising), and an error for lack of space on the way becomes one too."""
+    """Write `path` (about `size` bytes) in the block: `OutOfSpace` up front if the file system
+    has not that room and some to spare (h5py can crash on a full disk instead of raising), and
+    for an out-of-space error on the way."""
     folder = pathlib.Path(path).parent
     need = int(size * 1.1) + 2**16
     free = free_bytes(folder)
@@ -537,8 +495,8 @@ def writing(path, size):
 
 
 def free_bytes(folder):
-    """The bytes a process may still write on the file system holding `folder` (or, for a
-    folder not made yet, holding the nearest one above it that exists)."""
+    """The bytes a process may still write on the file system holding `folder`, or the nearest
+    folder above it that exists."""
     folder = pathlib.Path(folder).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

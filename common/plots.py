@@ -1,7 +1,6 @@
 """Figures with one look across the suite: latent scatters, manifold grids, image rows and grids.
-
-Every function takes the images or a `decode` callable (latent points -> images in [0, 1]) and a
-path, draws one figure and saves it atomically (a half-written PNG never replaces a good one).
+Each takes images or a `decode` callable (latent points -> images in [0, 1]) and a path, and
+saves one figure atomically (a half-written PNG never replaces a good one).
 """
 
 import pathlib
@@ -49,12 +48,9 @@ def tile(images, rows, cols, gap=1):
 
 def plot_latent_scatter(codes, labels, path, title, class_names, name="z_mean", note="",
                         seed=0, max_points=5000):
-    """Scatter of codes coloured by class, with a labelled colour bar.
-
-    2-D codes are drawn as they are; wider ones by their first two principal components (a PCA
-    fitted on the points shown), the 2-D view that keeps the most of their variance; 1-D codes
-    as a histogram above one strip per class (`plot_latent_strip`).
-    """
+    """Scatter of codes coloured by class, with a labelled colour bar: 2-D codes as they are,
+    wider ones by their first two principal components (of the points shown), 1-D codes by
+    `plot_latent_strip`."""
     codes, labels = codes[:max_points], labels[:max_points]
     if codes.shape[1] == 1:
         plot_latent_strip(codes[:, 0], labels, path, title, class_names, name, note, seed)
@@ -104,11 +100,8 @@ def plot_latent_strip(values, labels, path, title, class_names, name="z_mean", n
 
 
 def plot_manifold(decode, path, title, n=20, latent_dim=2):
-    """Decode an n x n grid of 2-D latent points at Gaussian quantiles, in one batch, and tile it.
-
-    Row r, column c shows z = (q[c], q[n - 1 - r]), so z[1] grows upwards as on a plot. A 1-D
-    latent space (latent_dim=1) is drawn as one row, `plot_manifold_row`.
-    """
+    """Decode an n x n grid of 2-D latent points at Gaussian quantiles, in one batch, and tile it
+    with z[1] growing upwards as on a plot. A 1-D latent space is one row, `plot_manifold_row`."""
     if latent_dim == 1:
         plot_manifold_row(decode, path, title, n)
         return

@@ -1,24 +1,6 @@
-"""Runtime set-up for every Keras backend: the devices, GPU memory, the distribution, the
-precision policy, the seeds and determinism, and the one `device:` line that says what runs.
-
-The backend is Keras's: TensorFlow unless KERAS_BACKEND (or ~/.keras/keras.json) says `jax` or
-`torch`. TensorFlow is imported on every backend, because the data pipelines are `tf.data`
-(Keras's `fit` reads a `tf.data.Dataset` on all three); on JAX and PyTorch it is kept off the
-GPUs, so it takes none of their memory.
-
-- `--distribute mirrored`: on TensorFlow, `tf.distribute.MirroredStrategy` over the visible
-  GPUs, or else the CPU's logical devices (one, unless `tf.config.set_logical_device_configuration`
-  made more); on JAX, `keras.distribution.DataParallel` over `keras.distribution.list_devices()`
-  (the GPUs, or the XLA host devices that `--xla_force_host_platform_device_count` makes);
-- `--distribute multi-worker` (TensorFlow only): `tf.distribute.MultiWorkerMirroredStrategy`,
-  one process per machine, the cluster described by the TF_CONFIG environment variable;
-- `--mixed-precision`: the Keras policy `mixed_float16` on a GPU, `mixed_bfloat16` on a CPU.
-
-What a backend cannot do is refused by `check_supported`, before anything happens. The strategy
-is made the global default (`tf.distribute.experimental_set_strategy`, or
-`keras.distribution.set_distribution` on JAX), so every model, optimizer and metric the lesson
-builds afterwards is created under it, without a `with strategy.scope():` block in every
-lesson; Keras then splits each global batch across the replicas and sums their gradients.
+"""Run-time set-up on every Keras backend: the standard streams, TensorFlow's start-up logs, the
+devices and GPU memory, the distribution, the precision policy, seeds and determinism, and the
+one `device:` line that says what runs. See the book, Backends and Scaling up.
 """
 
 import contextlib
@@ -26,13 +8,13 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 
 def _open_standard_streams():
-    """Give the process a stdin, stdout and stderr even when it was started with one closed
-    (`2>&-`, a daemon): /dev/null takes a closed descriptor 0, 1 or 2, so that no file opened
-    later (a model being saved) gets that number and receives what libraries print there, and a
-    missing Python stream (None) becomes /dev/null."""
+    """Give the process a stdin, stdout and stderr when it was started with one closed (`2>&-`):
+    /dev/null takes a closed descriptor 0, 1 or 2, so that no file opened later (a model being
+    saved) gets that number and receives what libraries print there."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -48,11 +30,10 @@ def _open_standard_streams():
 
 _open_standard_streams()
 
-# TensorFlow's C++ core prints start-up notes (and, on a machine without a GPU, alarming but
-# harmless CUDA messages) straight to the process's stderr. Keep warnings and errors only, and
-# mute the notes printed while TensorFlow loads and looks for GPUs, unless you asked for them
-# with TF_CPP_MIN_LOG_LEVEL=0 or 1. This must run before TensorFlow is first imported, which is
-# why `common` imports this module first.
+# TensorFlow's C++ core prints start-up notes (and, without a GPU, alarming but harmless CUDA
+# messages) straight to file descriptor 2. Keep warnings and errors, and mute what is printed
+# while TensorFlow loads, unless TF_CPP_MIN_LOG_LEVEL=0 or 1 asks for it. This must run before
+# TensorFlow is first imported, which is why `common` imports this module first.
 _MUTE_STARTUP = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2") not in ("0", "1")
 
 
@@ -93,10 +74,13 @@ with _native_stderr_muted(_MUTE_STARTUP):
 
 from common.errors import UsageError  # noqa: E402
 
+# Keras's fit warns, on every call, that its `shuffle=True` default is ignored for a tf.data
+# pipeline; the lessons' pipelines are shuffled with their seed.
+warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed, but will be ignored")
+
 DISTRIBUTIONS = ("none", "mirrored", "multi-worker")
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
-# What each backend can do of --distribute: mirrored on JAX is keras.distribution.DataParallel;
-# PyTorch's Keras backend has no distribution of its own.
+# Mirrored on JAX is keras.distribution.DataParallel; Keras on PyTorch has no distribution.
 SUPPORTED_DISTRIBUTIONS = {"tensorflow": DISTRIBUTIONS, "jax": ("none", "mirrored"),
                            "torch": ("none",)}
 
@@ -112,9 +96,8 @@ def check_supported(distribute):
 
 
 def check_batches(args, dataset):
-    """Refuse (`UsageError`) batches that --distribute mirrored on JAX cannot split: it shares
-    every batch evenly over the devices, the last one of the training and test splits too
-    (TensorFlow's strategies split any batch)."""
+    """Refuse (`UsageError`) batches that --distribute mirrored on JAX cannot share evenly over
+    its devices, the last batch of each split included."""
     if BACKEND != "jax" or getattr(args, "distribute", "none") != "mirrored":
         return
     devices = len(keras.distribution.list_devices())
@@ -136,21 +119,16 @@ def replicas():
 
 
 def setup(args):
-    """Set up the devices, the distribution (`args.distribute`), the precision policy
-    (`args.mixed_precision`) and the seeds (`args.seed`), and say in one line what runs.
-
-    On TensorFlow, memory growth makes it take GPU memory as it needs it instead of all of it at
-    once, so several lessons (or a notebook) can share one GPU. On a machine without a GPU
-    nothing changes and everything runs on the CPU.
-    """
+    """Set up the devices, the distribution, the precision policy and the seeds from the flags,
+    and print the `device:` line; return the device's description."""
     if BACKEND == "torch":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     for gpu in tf.config.list_physical_devices("GPU") if BACKEND == "tensorflow" else []:
-        try:
+        with contextlib.suppress(RuntimeError):  # already initialised (a second call)
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # the GPU was already initialised (e.g. a second call in one process)
-    # First: a multi-worker strategy must be made before TensorFlow runs any operation.
+    # First: a multi-worker strategy must be made before TensorFlow runs any operation. It is
+    # made the global default, so every model, optimizer and metric is created under it without
+    # a `with strategy.scope():` in every lesson.
     strategy = make_strategy(args.distribute)
     if BACKEND == "jax":
         keras.distribution.set_distribution(strategy)
@@ -158,19 +136,15 @@ def setup(args):
         tf.distribute.experimental_set_strategy(strategy)
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    # One call seeds Python's `random`, NumPy and the backend's global generator; deterministic
-    # kernels make a rerun with the same seed give the same numbers, not just similar ones.
-    # TensorFlow's switch also makes the tf.data pipelines deterministic, on every backend.
+    # Seeds Python's `random`, NumPy and the backend; deterministic kernels make a rerun give
+    # the same numbers. TensorFlow's switch also makes the tf.data pipelines deterministic.
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
     if BACKEND == "torch":
         import torch
 
         torch.use_deterministic_algorithms(True)
-    if gpus():
-        device = f"GPU ({', '.join(gpus())})"
-    else:
-        device = f"CPU ({os.cpu_count()} cores)"
+    device = f"GPU ({', '.join(gpus())})" if gpus() else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device}, {BACKEND_NAMES[BACKEND]} backend{_describe(strategy)}, {policy}, "
           f"seed {args.seed}", file=sys.stderr)
     return device
@@ -178,8 +152,8 @@ def setup(args):
 
 @functools.cache
 def gpus():
-    """The names of the GPUs the backend computes on (none on a CPU-only machine). On JAX, the
-    first call starts its devices: `setup` makes it, once XLA_FLAGS is set."""
+    """The names of the GPUs the backend computes on. On JAX the first call starts its devices,
+    which must wait until XLA_FLAGS is set."""
     if BACKEND == "tensorflow":
         return [_gpu_name(gpu) for gpu in tf.config.list_physical_devices("GPU")]
     if BACKEND == "jax":
@@ -192,8 +166,8 @@ def gpus():
 
 
 def make_strategy(distribute):
-    """The tf.distribute strategy for --distribute (on JAX, the keras.distribution), or None for
-    the default (one device)."""
+    """The strategy for --distribute (on JAX, the keras.distribution), or None for one device.
+    Mirrored on TensorFlow without a GPU runs over the CPU's logical devices."""
     if distribute == "mirrored" and BACKEND == "jax":
         return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
     if distribute == "mirrored":
@@ -208,10 +182,9 @@ class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's `fit` can use.
 
     Keras 3.15 calls `reduce` in two ways the collective strategy refuses
-    (keras-team/keras#20585): on a nest of values (its first (inputs, targets) batch, to build
-    the metrics), which MirroredStrategy accepts; and with axis=0 on per-replica scalars (the
-    step's loss and metrics), where the only axis to reduce is the replicas'. This one reduces
-    each value of a nest on its own, and a scalar across the replicas alone.
+    (keras-team/keras#20585): on a nest of values (its first batch, to build the metrics), and
+    with axis=0 on per-replica scalars (the step's loss and metrics). This one reduces each value
+    of a nest on its own, and a scalar across the replicas alone.
     """
 
     def reduce(self, reduce_op, value, axis):
@@ -223,17 +196,15 @@ class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 def precision_policy(mixed):
-    """float32, or with --mixed-precision the mixed policy of the device: float16 on a GPU
-    (tensor cores), bfloat16 on a CPU (its range is float32's, so no loss scaling is needed)."""
+    """float32, or with --mixed-precision mixed_float16 on a GPU, mixed_bfloat16 on a CPU."""
     if not mixed:
         return "float32"
     return "mixed_float16" if gpus() else "mixed_bfloat16"
 
 
 def is_chief(args):
-    """Whether this process writes results, models, figures and checkpoints. Every run does but
-    a multi-worker one, where only the chief does: the task "chief" if the cluster has one,
-    otherwise worker 0 (the rule of `tf.distribute`)."""
+    """Whether this process writes the outputs: always, but in a multi-worker run, where only
+    the task "chief" does, or worker 0 if the cluster has no chief (the rule of tf.distribute)."""
     if getattr(args, "distribute", "none") != "multi-worker":
         return True
     config = json.loads(os.environ["TF_CONFIG"])
@@ -244,8 +215,8 @@ def is_chief(args):
 
 
 def check_tf_config():
-    """A multi-worker run needs TF_CONFIG: {"cluster": {"worker": ["host:port", ...]},
-    "task": {"type": "worker", "index": 0}}, this process's task being one of the cluster's."""
+    """Refuse (`UsageError`) a multi-worker run without a TF_CONFIG whose task is one of its
+    cluster's."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable "

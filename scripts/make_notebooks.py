@@ -6,14 +6,17 @@ keras.io examples are, and committed without outputs:
     python scripts/make_notebooks.py           # or `make notebooks`: write all seven
     python scripts/make_notebooks.py --check   # exit 1, naming them, if any is out of date
 
-A notebook holds, in order: the docstring as its title (the `$$ ... $$` lines as display math,
-the plain-text equation they stand for left to the .py); a set-up cell that finds the
-repository and runs from its root; a cell tagged `parameters` with `ARGS = []`, the flags that
-`parse_args(ARGS)` reads; then the lesson itself: the imports and constants, each section's rule
-comment as a markdown cell (its heading, its `$$` equation, its why) above the section's code,
-and each statement of `main()` as a cell of its own, placed as soon as every lesson name it
-needs (directly, or through the functions it calls) has been defined, so that each step's output
-appears under that step. The `if __name__ == "__main__"` block is left out.
+A notebook reads like a page, in the lesson's order:
+- the docstring as its title cell (the `$$ ... $$` block as display math, the commands as bash);
+- a set-up cell that runs from the repository root; a cell tagged `parameters`, `ARGS = []`;
+- the imports and constants in one cell, `parse_args`, then the step `args = parse_args(ARGS)`;
+- for each section rule `# -- Title ---`: its heading, equation and why as one markdown cell,
+  the section's definitions, then the steps of `main()` that belong there. A step belongs at the
+  end of the section that defines the first lesson function it calls; a step calling none joins
+  the step before it (the first section, for those before the first such call); a step is never
+  placed before the step above it in main(), so main() is never reordered.
+The `if __name__ == "__main__"` block is left out. A lesson whose notebook would have a heading
+with no code under it is refused, naming the heading: its author must fix the lesson.
 """
 
 import argparse
@@ -38,10 +41,7 @@ METADATA = {  # the same in every notebook, so that regenerating one is byte-ide
 }
 
 SETUP = '''\
-# Set-up: run from the repository root (Jupyter starts in notebooks/), as the script
-# `python {lesson}` does there: `common` then imports, and the outputs
-# land where the script's would.
-import ast
+# Set-up: run from the repository root, as the script does (Jupyter starts in notebooks/).
 import os
 import pathlib
 import sys
@@ -49,19 +49,11 @@ import sys
 LESSON = "{lesson}"
 REPOSITORY = next((folder for folder in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents)
                    if (folder / "common").is_dir() and (folder / LESSON).is_file()), None)
-if REPOSITORY is None:
-    class NotInTheRepository(Exception):
-        def _render_traceback_(self):  # IPython prints this one line instead of a traceback
-            return [str(self)]
-
-    raise NotInTheRepository(
-        f"{{LESSON}} and common/ are not here: clone the repository and open this notebook "
-        f"from its notebooks/ folder, or run `python {{LESSON}}` in the repository.")
+if REPOSITORY is None:  # IPython prints this one line, with no traceback
+    raise type("NotInTheRepository", (Exception,), {{"_render_traceback_": lambda e: [str(e)]}})(
+        f"{{LESSON}} and common/ are not here: open this notebook in the repository")
 os.chdir(REPOSITORY)
-if str(REPOSITORY) not in sys.path:
-    sys.path.insert(0, str(REPOSITORY))
-__file__ = str(REPOSITORY / LESSON)  # the lesson's code reads its own path and docstring
-__doc__ = ast.get_docstring(ast.parse((REPOSITORY / LESSON).read_text()), clean=False)'''
+sys.path.insert(0, str(REPOSITORY))'''
 
 PARAMETERS = '''\
 # The lesson's command-line flags, as a list: `python {lesson} --help`
@@ -72,102 +64,50 @@ GENERATED = ("*Generated from [`{lesson}`](../{lesson}) by `scripts/make_noteboo
              "(`make notebooks`): edit the script, not this notebook.*")
 
 
-# -- Reading the lesson ------------------------------------------------------------------------
-
-def node_start(node):
-    """The first line of a top-level statement, its decorators included (1-based)."""
-    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+class LessonShapeError(Exception):
+    """A lesson whose notebook would not read in order; the message names the lesson."""
 
 
-def rule_blocks(lines):
-    """{first line: last line} (0-based, inclusive) of every rule and the comments under it."""
-    blocks = {}
-    for i, line in enumerate(lines):
-        if RULE.match(line):
-            end = i
-            while end + 1 < len(lines) and lines[end + 1].startswith("#"):
-                end += 1
-            blocks[i] = end
-    return blocks
+# -- Markdown from the docstring and the rules ----------------------------------------------------
 
-
-def with_leading_comments(lines, start, floor):
-    """Move `start` (0-based) up over the comment lines right above it, not below `floor`."""
-    while start - 1 >= floor and lines[start - 1].lstrip().startswith("#"):
-        start -= 1
-    return start
-
-
-def defined_names(node):
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {node.name}
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return {(a.asname or a.name).split(".")[0] for a in node.names}
-    targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
-    return {n.id for t in targets if t is not None for n in ast.walk(t)
-            if isinstance(n, ast.Name)}
-
-
-def used_names(node):
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-
-
-def needed(node, definitions):
-    """The lesson's top-level names `node` needs, directly or through what those use."""
-    seen, todo = set(), list(used_names(node) & definitions.keys())
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(used_names(definitions[name]) & definitions.keys())
-    return seen
-
-
-# -- Markdown from docstrings and comments ---------------------------------------------------
-
-def display_math(lines):
-    """The `$$ ... $$` spans among `lines` (a span may run over several lines), each as one
-    line of markdown."""
-    spans, current = [], None
+def split_math(lines):
+    """([each `$$ ... $$` span among `lines`, as one line of markdown], [the other lines]); a
+    span may run over several lines."""
+    spans, others, current = [], [], None
     for line in lines:
-        text = line.strip().lstrip("#").strip()
-        if current is None and text.startswith("$$"):
-            current = [text]
-        elif current is not None:
-            current.append(text)
-        if current is not None and text.endswith("$$") and (len(current) > 1 or len(text) > 2):
+        text = line.strip()
+        if current is None and not text.startswith("$$"):
+            others.append(line)
+            continue
+        current = (current or []) + [text]
+        if text.endswith("$$") and (len(current) > 1 or len(text) > 2):
             spans.append(" ".join(current))  # one line: no markdown (a "- " list) inside
             current = None
-    return spans
+    return spans, others
 
 
-def fenced(lines, language="text"):
+def fenced(lines, language):
     return "\n".join([f"```{language}", *textwrap.dedent("\n".join(lines)).splitlines(), "```"])
 
 
 def prose(lines):
-    """Comment text (the `# ` taken off) as markdown: indented runs become code blocks."""
+    """Comment text (the `# ` taken off) as markdown paragraphs; indented runs as code blocks."""
     parts, text, code = [], [], []
     for line in lines + [""]:
         if line.startswith(" ") and line.strip():
-            if text:
-                parts.append("\n".join(text))
-                text = []
             code.append(line)
             continue
         if code:
-            parts.append(fenced(code))
-            code = []
+            parts += (["\n".join(text)] if text else []) + [fenced(code, "text")]
+            text, code = [], []
         if line.strip():
             text.append(line)
-    if text:
-        parts.append("\n".join(text))
-    return parts
+    return parts + (["\n".join(text)] if text else [])
 
 
-def docstring_markdown(docstring, lesson):
-    """The title cell: the first line as the title, the paragraphs as text, an indented
-    equation as its `$$` display math, the commands as a code block."""
+def title_markdown(docstring, lesson):
+    """The title cell: the first line as `# Title`, paragraphs as text, an indented `$$` block
+    as display math, the indented commands as a bash block."""
     title, _, rest = docstring.strip().partition("\n")
     parts = [f"# {title.strip().rstrip('.')}"]
     for paragraph in re.split(r"\n\s*\n", rest.strip("\n")):
@@ -175,96 +115,108 @@ def docstring_markdown(docstring, lesson):
         if not all(line.startswith("    ") for line in lines):
             parts.append(paragraph.strip())
         elif any("$$" in line for line in lines):
-            parts.extend(display_math(lines))
+            parts.extend(split_math(lines)[0])
         else:
-            commands = all(line.strip().startswith("python ") for line in lines)
-            parts.append(fenced(lines, "bash" if commands else "text"))
-    parts.append(GENERATED.format(lesson=f"{lesson}.py"))
+            parts.append(fenced(lines, "bash"))
+    parts.append(GENERATED.format(lesson=lesson))
     return "\n\n".join(parts)
 
 
 def section_markdown(block):
-    """A rule and the comments under it: the heading, its `$$` equation, then the why."""
-    heading = RULE.match(block[0]).group("title")
+    """A rule and the comments under it: `## Title`, its `$$` lines as display math, the rest
+    as prose."""
     comments = [line[2:] if line.startswith("# ") else line[1:] for line in block[1:]]
-    math = display_math(comments)
-    # The $$ lines sit right under the rule; the rest is the why.
-    why, inside = [], False
-    for line in comments:
-        stripped = line.strip()
-        if not inside and stripped.startswith("$$"):
-            inside = not (stripped.endswith("$$") and len(stripped) > 2)
-        elif inside:
-            inside = not stripped.endswith("$$")
-        else:
-            why.append(line)
-    return "\n\n".join([f"## {heading}", *math, *prose(why)])
+    math, why = split_math(comments)
+    return "\n\n".join([f"## {RULE.match(block[0]).group('title')}", *math, *prose(why)])
 
 
-# -- The notebook ----------------------------------------------------------------------------
+# -- Reading the lesson ---------------------------------------------------------------------------
 
-def lesson_cells(lesson):
-    """[(kind, source)] of the lesson's notebook, in order."""
-    path = ROOT / f"{lesson}.py"
+def is_definition(node):
+    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+
+
+def with_comments_above(lines, start):
+    """`start` (0-based) moved up over the comment lines right above it, unless they are a
+    section rule's."""
+    top = start
+    while top > 0 and lines[top - 1].strip().startswith("#"):
+        top -= 1
+    return start if RULE.match(lines[top]) else top
+
+
+def code_of(lines, nodes):
+    """The source of consecutive top-level `nodes`, as written, with the decorators and the
+    comment lines right above the first."""
+    first = min([nodes[0].lineno] + [d.lineno for d in getattr(nodes[0], "decorator_list", [])])
+    return "\n".join(lines[with_comments_above(lines, first - 1):nodes[-1].end_lineno])
+
+
+def first_lesson_call(statement, functions):
+    """The name of the lesson function that `statement` calls first in source order, or None."""
+    calls = sorted((node.lineno, node.col_offset, node.func.id) for node in ast.walk(statement)
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                   and node.func.id in functions)
+    return calls[0][2] if calls else None
+
+
+def lesson_cells(path):
+    """[(kind, source)] of the notebook of the lesson at `path`, in order. kind: "markdown",
+    "setup", "parameters", "code" (the lesson's own code) or "step" (steps of main())."""
+    path = pathlib.Path(path)
     source = path.read_text()
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    docstring = ast.get_docstring(tree, clean=False)
-    body = tree.body[1:]  # the docstring is the title cell
-    main = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == "main")
-    blocks = rule_blocks(lines)
+    lines, tree = source.splitlines(), ast.parse(source)
+    rules = [i for i, line in enumerate(lines) if RULE.match(line)]
 
-    # Every top-level statement but main() and the `if __name__` block, with its span of
-    # lines; imports join one cell, the constants before the first function another.
-    items, floor = [], 0
-    for node in body:
-        start = node_start(node) - 1
-        floor = max([floor] + [last + 1 for last in blocks.values() if last < start])
-        start = with_leading_comments(lines, start, floor)
-        floor = node.end_lineno
-        if node is main or isinstance(node, ast.If):
+    def section(node):  # 0 before the first rule, k under the k-th rule
+        return sum(rule < node.lineno - 1 for rule in rules)
+
+    # The lesson's code, section by section: each run of consecutive top-level statements one
+    # cell (in the preamble, the imports and constants one, the definitions another), main()
+    # and the `if __name__ == "__main__"` block left out.
+    main = next(node for node in tree.body if is_definition(node) and node.name == "main")
+    runs = []
+    for before, node in zip(tree.body, tree.body[1:]):  # the docstring is the title cell
+        if node is main or isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             continue
-        kind = ("imports" if isinstance(node, (ast.Import, ast.ImportFrom)) else
-                "constants" if not items or items[-1]["kind"] in ("imports", "constants")
-                and not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else "code")
-        if items and kind != "code" and items[-1]["kind"] == kind:
-            items[-1]["nodes"].append(node)
-            items[-1]["end"] = node.end_lineno
-            continue
-        items.append({"kind": kind, "nodes": [node], "start": start, "end": node.end_lineno})
+        if runs and runs[-1][-1] is before and section(before) == section(node) and (
+                section(node) or is_definition(before) == is_definition(node)):
+            runs[-1].append(node)
+        else:
+            runs.append([node])
+    code = {k: [] for k in range(len(rules) + 1)}
+    for run in runs:
+        code[section(run[0])].append(code_of(lines, run))
 
-    definitions = {}
-    for item in items:
-        for node in item["nodes"]:
-            for name in defined_names(node):
-                definitions[name] = node
-    defined_by = {name: i for i, item in enumerate(items) for node in item["nodes"]
-                  for name in defined_names(node)}
+    # main()'s steps: each at the end of the section defining the first lesson function it
+    # calls; one calling none joins the step before it (or the first section); none placed
+    # before the step above it, so that main()'s order is kept.
+    functions = {node.name: section(node) for run in runs for node in run
+                 if is_definition(node)}
+    steps, place = {k: [] for k in code}, 0
+    for statement in main.body:
+        called = first_lesson_call(statement, functions)
+        place = max(place, functions[called] if called else min(1, len(rules)))
+        start = with_comments_above(lines, statement.lineno - 1)
+        step = textwrap.dedent("\n".join(lines[start:statement.end_lineno]))
+        steps[place].append(re.sub(r"\bargv\b", "ARGS", step))
 
-    # Each step of main() goes after the last item it needs, and after the step before it.
-    steps_after, previous, floor = {}, 0, main.body[0].lineno - 1
-    for stmt in main.body:
-        start = with_leading_comments(lines, stmt.lineno - 1, floor)
-        floor = stmt.end_lineno
-        step = textwrap.dedent("\n".join(lines[start:stmt.end_lineno]))
-        step = re.sub(r"\bargv\b", "ARGS", step)
-        needs = needed(stmt, definitions)
-        previous = max([previous] + [defined_by[name] for name in needs])
-        steps_after.setdefault(previous, []).append(step)
-
-    cells = [("markdown", docstring_markdown(docstring, lesson)),
-             ("setup", SETUP.format(lesson=f"{lesson}.py")),
-             ("parameters", PARAMETERS.format(lesson=f"{lesson}.py"))]
-    rules = sorted(blocks)
-    for i, item in enumerate(items):
-        for first in [r for r in rules if r < item["start"]]:
-            cells.append(("markdown", section_markdown(lines[first:blocks[first] + 1])))
-            rules.remove(first)
-        code = "\n".join(lines[item["start"]:item["end"]])
-        cells.append(("code", re.sub(r"\n{3,}", "\n\n", code).strip("\n")))
-        cells.extend(("code", step) for step in steps_after.get(i, []))
-    cells.extend(("markdown", section_markdown(lines[first:blocks[first] + 1]))
-                 for first in rules)  # a section after the last code, if a lesson ends so
+    cells = [("markdown", title_markdown(ast.get_docstring(tree, clean=False), path.name)),
+             ("setup", SETUP.format(lesson=path.name)),
+             ("parameters", PARAMETERS.format(lesson=path.name))]
+    for k in code:
+        if k:
+            end = rules[k - 1] + 1
+            while end < len(lines) and lines[end].startswith("#"):
+                end += 1
+            cells.append(("markdown", section_markdown(lines[rules[k - 1]:end])))
+        cells += [("code", source) for source in code[k]]
+        cells += [("step", "\n".join(steps[k]))] if steps[k] else []
+    for (kind, source), (after, _) in zip(cells, cells[1:] + [(None, None)]):
+        if kind == "markdown" and after in ("markdown", None):
+            raise LessonShapeError(
+                f"{path.name}: no code under the heading {source.splitlines()[0]!r}: give its "
+                f"section a function of its own, or order main()'s steps as the sections")
     return cells
 
 
@@ -279,10 +231,10 @@ def cell_id(kind, source, taken):
     return ident
 
 
-def build_notebook(lesson):
+def build_notebook(path):
     notebook = nbformat.v4.new_notebook(metadata=METADATA)
     taken = set()
-    for kind, source in lesson_cells(lesson):
+    for kind, source in lesson_cells(path):
         if kind == "markdown":
             cell = nbformat.v4.new_markdown_cell(source)
         else:
@@ -295,13 +247,17 @@ def build_notebook(lesson):
     return notebook
 
 
-def notebook_text(lesson):
-    """The notebook of `lesson` exactly as `make notebooks` writes it."""
-    return nbformat.writes(build_notebook(lesson)) + "\n"
+def lesson_path(lesson):
+    return ROOT / f"{lesson}.py"
 
 
 def notebook_path(lesson):
     return NOTEBOOKS / f"{lesson}.ipynb"
+
+
+def notebook_text(lesson):
+    """The notebook of `lesson` exactly as `make notebooks` writes it."""
+    return nbformat.writes(build_notebook(lesson_path(lesson))) + "\n"
 
 
 def main(argv=None):
@@ -309,22 +265,26 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a notebook differs from its lesson's")
     args = parser.parse_args(argv)
-    stale = []
+    stale, refused = [], []
     for lesson in LESSONS:
-        text, path = notebook_text(lesson), notebook_path(lesson)
-        current = path.read_text() if path.is_file() else None
-        if current == text:
+        try:
+            text = notebook_text(lesson)
+        except LessonShapeError as error:
+            refused.append(str(error))
             continue
-        stale.append(path.relative_to(ROOT))
+        path = notebook_path(lesson)
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(str(path.relative_to(ROOT)))
         if not args.check:
             path.parent.mkdir(exist_ok=True)
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
+    for message in refused:
+        print(f"refused: {message}", file=sys.stderr)
     if args.check and stale:
-        print("out of date (run `make notebooks`): " + ", ".join(map(str, stale)),
-              file=sys.stderr)
-        return 1
-    return 0
+        print("out of date (run `make notebooks`): " + ", ".join(stale), file=sys.stderr)
+    return 1 if refused or (args.check and stale) else 0
 
 
 if __name__ == "__main__":

@@ -109,20 +109,24 @@ def test_the_same_seed_gives_the_same_numbers_twice(backend_run, backend):
 
 
 def test_models_move_between_backends_with_the_same_outputs(backend_run, tiny_run, tmp_path):
-    """Every model each lesson saves, on each of the three backends, loads on the other two and
-    computes the same outputs on the same inputs (to float32 round-off)."""
+    """Every lesson's models, saved on one of the three backends in turn (so each backend saves
+    some lessons' models, and each lesson is saved by one), load on all three and compute the
+    same outputs on the same inputs (to float32 round-off). Every model saved on any backend
+    keeps the portable compile configuration."""
     plan = []
-    for name in LESSONS:
+    for i, name in enumerate(LESSONS):
         runs = {"tensorflow": tiny_run(name).out,
                 **{b: backend_run(b, name).out for b in OTHER_BACKENDS}}
-        paths = [str(p) for out in runs.values() for p in sorted((out / "models").glob("*.keras"))]
-        assert len(paths) >= 3, name
+        for out in runs.values():  # saved with the compile configuration every backend accepts
+            for path in (out / "models").glob("*.keras"):
+                compiled = json.loads(zipfile.ZipFile(path).read("config.json")).get(
+                    "compile_config")
+                if compiled:
+                    assert (compiled["steps_per_execution"], compiled["jit_compile"]) == (1, False)
+        saved_on = list(runs)[i % len(runs)]
+        paths = [str(p) for p in sorted((runs[saved_on] / "models").glob("*.keras"))]
+        assert paths, (name, saved_on)
         plan.append((FIRST_IMPORT[name], paths))
-    for _, paths in plan:  # saved with the compile configuration every backend accepts
-        for path in paths:
-            compiled = json.loads(zipfile.ZipFile(path).read("config.json")).get("compile_config")
-            if compiled:
-                assert (compiled["steps_per_execution"], compiled["jit_compile"]) == (1, False)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     computed = {}
     for backend in BACKEND_NAMES:
@@ -133,7 +137,7 @@ def test_models_move_between_backends_with_the_same_outputs(backend_run, tiny_ru
         computed[backend] = dict(np.load(out))
         assert str(computed[backend].pop("backend")) == backend
     keys = computed["tensorflow"].keys()
-    assert len(keys) > 20 and all(computed[b].keys() == keys for b in OTHER_BACKENDS)
+    assert len(keys) >= len(LESSONS) and all(computed[b].keys() == keys for b in OTHER_BACKENDS)
     for key in keys:  # a model saved on one backend, computed by all three
         for backend in OTHER_BACKENDS:
             np.testing.assert_allclose(computed[backend][key], computed["tensorflow"][key],

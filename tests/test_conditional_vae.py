@@ -1,6 +1,5 @@
 """The conditional VAE lesson: labels in, labels obeyed, the judge, and a tiny run."""
 
-import common  # noqa: F401 - registers the custom objects for load_model
 import keras
 import numpy as np
 import pytest
@@ -68,9 +67,7 @@ def test_one_hot_labels_match_the_training_pipeline(cvae_lesson, small_data):
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_both_networks_take_the_label(cvae_lesson, arch):
     keras.utils.set_random_seed(0)
-    encoder = cvae_lesson.build_encoder(arch, latent_dim=3)
-    decoder = cvae_lesson.build_decoder(arch, latent_dim=3)
-    cvae = cvae_lesson.build_cvae(encoder, decoder, beta=1.0, seed=0)
+    encoder, decoder, cvae = cvae_lesson.build_cvae(arch, 3, beta=1.0, seed=0, summary=False)
     assert [tuple(t.shape) for t in encoder.inputs] == [(None, 28, 28, 1), (None, 10)]
     assert [tuple(t.shape) for t in encoder.outputs] == [(None, 3), (None, 3)]
     assert [tuple(t.shape) for t in decoder.inputs] == [(None, 3), (None, 10)]
@@ -84,6 +81,41 @@ def test_both_networks_take_the_label(cvae_lesson, arch):
     z = np.zeros((2, 3), np.float32)
     decoded = keras.ops.convert_to_numpy(decoder([z, cvae_lesson.one_hot([4, 7])]))
     assert not np.allclose(decoded[0], decoded[1])  # the same z, two labels: two images
+
+
+def test_sampling_and_loss_are_the_lessons_own_under_their_saved_names(cvae_lesson):
+    # Models saved before the lesson had its own Sampling and loss name these: they still load.
+    assert keras.saving.get_registered_name(cvae_lesson.Sampling) == "autoencoders>Sampling"
+    assert keras.saving.get_registered_name(cvae_lesson.bernoulli_nll) == (
+        "autoencoders>bernoulli_nll")
+    clone = cvae_lesson.Sampling.from_config(
+        cvae_lesson.Sampling(beta=2.5, seed=3, name="sampling").get_config())
+    assert (clone.beta, clone.seed, clone.penalty_name) == (2.5, 3, "kl_loss")
+    # It adds beta times the closed-form KL, and keeps the unweighted KL for the log.
+    z_mean = np.array([[0.5, -1.0], [0.0, 2.0]], "float32")
+    z_log_var = np.array([[0.0, np.log(4.0)], [np.log(0.25), 0.0]], "float32")
+    layer = cvae_lesson.Sampling(beta=2.0, seed=1)
+    layer([z_mean, z_log_var])
+    var = np.exp(z_log_var.astype(np.float64))
+    kl = 0.5 * np.sum(var + z_mean**2 - 1 - np.log(var), axis=1)
+    assert float(layer.last_penalty) == pytest.approx(kl.mean(), rel=1e-5)
+    assert float(layer.losses[0]) == pytest.approx(2.0 * kl.mean(), rel=1e-5)
+
+
+def test_history_shows_loss_reconstruction_and_kl(cvae_lesson):
+    _, _, cvae = cvae_lesson.build_cvae("mlp", 2, beta=3.0, seed=0, summary=False)
+    cvae_lesson.compile_cvae(cvae, 1e-3)
+    x = (np.random.default_rng(0).random((64, 28, 28, 1)) < 0.2).astype("float32")
+    y = cvae_lesson.one_hot(np.arange(64) % 10)
+    history = cvae.fit([x, y], x, validation_data=([x, y], x), batch_size=32, epochs=1,
+                       verbose=0).history
+    for prefix in ("", "val_"):
+        for name in ("loss", "reconstruction_loss", "kl_loss"):
+            assert f"{prefix}{name}" in history
+        # The logged loss is reconstruction + beta * KL (batches of equal size).
+        assert history[f"{prefix}loss"][0] == pytest.approx(
+            history[f"{prefix}reconstruction_loss"][0] + 3.0 * history[f"{prefix}kl_loss"][0],
+            rel=1e-4)
 
 
 def nearest_mean_classifier(means):

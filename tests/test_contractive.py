@@ -46,6 +46,8 @@ def test_closed_form_jacobian_norm_matches_autodiff(lesson):
     # The layer adds lambda times the batch mean, and returns sigmoid(x W + b).
     assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(
         0.3 * by_autodiff.mean(), rel=1e-5)
+    assert float(keras.ops.convert_to_numpy(layer.last_penalty)) == pytest.approx(  # logged
+        by_autodiff.mean(), rel=1e-5)
     kernel, bias = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.bias))
     expected_codes = 1 / (1 + np.exp(-(x @ kernel + bias)))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(codes), expected_codes, rtol=1e-5)

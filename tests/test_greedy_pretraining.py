@@ -62,10 +62,12 @@ def test_greedy_pretraining_trains_each_layer_on_the_codes_below(lesson, tmp_pat
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).random((64, 784)).astype("float32")
     pairs = lesson.deep_layers(code_dim=5)
-    settings = argparse.Namespace(pretrain_epochs=2, batch_size=32, learning_rate=1e-3, seed=0)
+    settings = argparse.Namespace(pretrain_epochs=2, batch_size=32, learning_rate=1e-3, seed=0,
+                                  tensorboard=False)
+    run = argparse.Namespace(checkpoint=lambda name, model: tmp_path / name)  # backup folders
     log = []
-    stages = lesson.greedy_pretrain(pairs, x, settings, backup_dir=lambda name: tmp_path / name,
-                                    callbacks=lambda name: [WeightSnapshots(pairs, log)])
+    stages = lesson.greedy_pretrain(pairs, x, settings, run,
+                                    callbacks=[WeightSnapshots(pairs, log)])
 
     # Order and shapes: pixels -> 512 -> 256 -> 5, each stage trained on the one below's codes.
     assert [s.name for s in stages] == ["pretrain_stage_1", "pretrain_stage_2",

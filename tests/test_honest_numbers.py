@@ -66,8 +66,8 @@ def small_data(small_mnist_npz):
 # -- 1. The CVAE's judge learns from the training digits only -------------------------------------
 # The conditional accuracy is only an outside opinion if the judge never saw a test digit (and
 # its test accuracy, the ceiling of the conditional accuracy, is only a test accuracy then). A
-# spy stands in for `training.fit`: it records what each model is given and trains nothing; when
-# the judge's turn comes, the run stops.
+# spy stands in for `keras.Model.fit`: it records what each model is given and trains nothing;
+# when the judge's turn comes, the run stops.
 
 class JudgeSeen(Exception):
     """Raised by the spy once it has recorded what the judge is trained on."""
@@ -87,13 +87,15 @@ def test_the_judge_never_sees_a_test_digit(lessons, small_mnist_npz, small_data,
                                            monkeypatch):
     given = {}
 
-    def spy(model, train_data, **kwargs):
-        given[model.name] = images_in(train_data) + images_in(kwargs.get("validation_data"))
+    def spy(model, x=None, y=None, validation_data=None, callbacks=(), **kwargs):
+        given[model.name] = images_in(x) + images_in(validation_data)
         if model.name == "digit_classifier":  # the judge (build_judge names it so)
             raise JudgeSeen
-        return training.Fitted(history={"loss": [0.0]}, epoch_seconds=[0.0])  # untrained
+        for callback in callbacks:  # one untrained epoch, as the backup would record it
+            if isinstance(callback, training.ResumableBackup):
+                callback.history, callback.epoch_seconds = {"loss": [0.0]}, [0.0]
 
-    monkeypatch.setattr(training, "fit", spy)
+    monkeypatch.setattr(keras.Model, "fit", spy)
     with pytest.raises(JudgeSeen):
         run(lessons[CVAE].main, ["--data", str(small_mnist_npz), "--out", str(tmp_path),
                                  *TINY_ARGS[CVAE]])
@@ -263,7 +265,8 @@ def test_the_denoiser_beats_the_noisy_input_on_ssim_against_the_clean_images(tin
 
 def adam_model():
     model = tiny_model()
-    training.compile(model, loss="mse", learning_rate=0.05)  # Adam, as in every lesson
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")  # as every lesson does
+    training.set_execution(model)
     return model
 
 

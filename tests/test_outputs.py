@@ -71,11 +71,11 @@ def test_clean_up_removes_only_what_dead_runs_of_this_suite_left(tmp_path):
     assert all(path.exists() for path in users)
 
 
-def test_prepare_outputs_cleans_up_after_a_killed_run(tmp_path):
+def test_open_folders_cleans_up_after_a_killed_run(tmp_path):
     stale = tmp_path / "out" / "results" / f".Lesson.staging-{dead_pid()}-12345678"
     stale.mkdir(parents=True)
     (stale / outputs.STAGING_MARKER).write_text("")
-    paths = outputs.prepare_outputs(args_for(tmp_path / "out"), "Lesson")
+    paths = outputs.open_folders(args_for(tmp_path / "out"), "Lesson")
     try:
         assert not stale.exists()
         assert {p.name for p in (tmp_path / "out").iterdir()} == {
@@ -98,31 +98,31 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(t
     other.flush()
     try:
         with pytest.raises(UsageError) as caught:
-            outputs.prepare_outputs(args_for(out), "Lesson")
+            outputs.open_folders(args_for(out), "Lesson")
         assert "another run of this lesson (process 4242) is writing into" in str(caught.value)
         # Another lesson may write into the same folder at the same time.
-        outputs.prepare_outputs(args_for(out), "OtherLesson")
+        outputs.open_folders(args_for(out), "OtherLesson")
         outputs.release()
     finally:
         other.close()
     # Once the first run has ended, however it ended, the folder is free again.
-    outputs.prepare_outputs(args_for(out), "Lesson")
+    outputs.open_folders(args_for(out), "Lesson")
     outputs.release()
 
 
 def test_finish_discards_the_checkpoints_of_this_run_only(tmp_path):
     import keras
 
-    paths = outputs.prepare_outputs(args_for(tmp_path, beta=1.0), "Lesson")
+    paths = outputs.open_folders(args_for(tmp_path, beta=1.0), "Lesson")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="vae")
-    mine = outputs.checkpoint_folder(paths.checkpoint("vae"), model)
+    mine = paths.checkpoint("vae", model)
     assert mine.name.startswith("Lesson-vae-")
     mine.mkdir()
     other_settings = tmp_path / "checkpoints" / "Lesson-vae-0123456789"
     other_settings.mkdir()
     paths.finish()
     assert not mine.exists() and other_settings.exists()
-    outputs.prepare_outputs(args_for(tmp_path, beta=1.0), "Lesson")  # the lock was released
+    outputs.open_folders(args_for(tmp_path, beta=1.0), "Lesson")  # the lock was released
     outputs.release()
 
 
@@ -134,7 +134,7 @@ def test_the_outputs_of_a_run_replace_the_previous_ones_together_or_not_at_all(t
     before = {p: p.read_text() for p in out.glob("*/old.*")}
 
     def a_run(finish):
-        paths = outputs.prepare_outputs(args_for(out), "Lesson")
+        paths = outputs.open_folders(args_for(out), "Lesson")
         try:
             for kind in ("figures", "results", "models"):
                 (getattr(paths, kind) / f"old.{kind}").write_text("this run")
@@ -154,7 +154,7 @@ def test_the_outputs_of_a_run_replace_the_previous_ones_together_or_not_at_all(t
 def test_a_move_of_outputs_cut_short_by_a_kill_is_completed_by_the_next_run(tmp_path,
                                                                             monkeypatch):
     out = tmp_path / "out"
-    paths = outputs.prepare_outputs(args_for(out), "Lesson")
+    paths = outputs.open_folders(args_for(out), "Lesson")
     for kind in ("figures", "results", "models"):
         (getattr(paths, kind) / f"new.{kind}").write_text("this run")
     real_replace, moved = outputs.os.replace, []
@@ -174,7 +174,7 @@ def test_a_move_of_outputs_cut_short_by_a_kill_is_completed_by_the_next_run(tmp_
     outputs.release()
     assert len(list(out.glob("*/new.*"))) == 1
     assert (out / "checkpoints" / "Lesson.commit.json").exists()
-    outputs.prepare_outputs(args_for(out), "Lesson")  # the next run completes the move first
+    outputs.open_folders(args_for(out), "Lesson")  # the next run completes the move first
     outputs.release()
     assert sorted(p.name for p in out.glob("*/new.*")) == ["new.figures", "new.models",
                                                            "new.results"]

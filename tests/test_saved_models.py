@@ -72,7 +72,8 @@ def rebuild_keras_file(fixture, path):
 
 @pytest.mark.every_backend
 def test_a_model_saved_before_penalized_model_still_loads_and_trains(lessons, tmp_path):
-    lessons["SparseAutoEncoder"], lessons["ContractiveAutoEncoder"]  # register their layers
+    for name in ("VariationalAutoEncoder_tf2", "SparseAutoEncoder", "ContractiveAutoEncoder"):
+        lessons[name]  # registers its layers: the VAE's Sampling, the penalties
     fixture = json.loads(BEFORE.read_text())
     rebuild_keras_file(fixture, tmp_path / "before.keras")
     model = keras.models.load_model(tmp_path / "before.keras")

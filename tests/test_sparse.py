@@ -56,6 +56,9 @@ def test_kl_layer_passes_codes_through_and_adds_beta_times_kl(lesson):
     by_hand = sum(bernoulli_kl(0.1, q) for q in codes.mean(axis=0).astype(np.float64))
     assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(2.5 * by_hand,
                                                                               rel=1e-5)
+    # PenalizedModel logs the unweighted term the layer keeps
+    assert float(keras.ops.convert_to_numpy(layer.last_penalty)) == pytest.approx(by_hand,
+                                                                                 rel=1e-5)
 
 
 @pytest.mark.every_backend
@@ -81,6 +84,8 @@ def test_l1_layer_equals_keras_activity_regularization(lesson):
     by_hand = 1e-3 * np.abs(keras.ops.convert_to_numpy(codes)).sum(axis=1).mean()
     assert ours == pytest.approx(keras_penalty, rel=1e-6)
     assert ours == pytest.approx(by_hand, rel=1e-5)
+    assert float(keras.ops.convert_to_numpy(layer.last_penalty)) == pytest.approx(by_hand / 1e-3,
+                                                                                 rel=1e-5)
 
 
 def test_code_statistics_by_hand(lesson):
@@ -131,6 +136,28 @@ def test_history_shows_the_penalty_and_the_model_round_trips(lesson, tmp_path, p
     config = loaded.get_layer("sparsity_penalty").get_config()
     assert (config["beta"], config["rho"]) == (2.0, 0.1) if penalty == "kl" else \
         config["l1"] == 0.01
+
+
+def test_with_no_penalty_asked_only_the_baseline_is_trained_and_reported(capsys):
+    from common import comparison
+    from common import training
+
+    assert comparison.settings("kl", "none") == ["kl", "none"]
+    assert comparison.settings("none", "none") == ["none"]
+    fitted = training.Fitted({"loss": [3.0, 2.0]}, [0.5, 0.25])
+    trained = {"none": comparison.Trained("enc", "dec", "ae", fitted,
+                                          {"hoyer_sparsity": None}, {})}
+    results = comparison.side_by_side(trained, "none", "none")
+    assert results == {"baseline_hoyer_sparsity": None, "baseline_epochs_trained": 2,
+                       "baseline_final_train_loss": 2.0, "baseline_train_seconds": 0.75,
+                       "baseline_seconds_per_epoch": 0.375, "baseline_epoch_seconds": [0.5, 0.25]}
+    assert comparison.saved_models("sparse", trained) == {
+        "sparse_none": "ae", "sparse_none_encoder": "enc", "sparse_none_decoder": "dec"}
+    comparison.print_table("heading", {"penalized": "KL", "baseline": "no penalty"},
+                           [("Hoyer sparsity", "hoyer_sparsity", ".3f")], results)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "heading" and "KL" not in lines[1] and "no penalty" in lines[1]
+    assert lines[2].split() == ["Hoyer", "sparsity", "undefined"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,4 +1,4 @@
-"""The shared fit: resuming after a kill, damaged backups, nothing left to train, divergence.
+"""The training callbacks every lesson passes to fit: resuming after a kill, damaged backups, nothing left to train, divergence.
 
 Faults are made deterministically: a callback raises KeyboardInterrupt where a kill would land,
 and the backups a short run left are truncated or overwritten, as a kill or a full disk would.
@@ -17,7 +17,8 @@ import pytest
 
 from common import outputs
 from common.errors import Diverged
-from common.training import fit
+from common.training import ResumableBackup
+from common.training import StopOnDivergence
 
 X = np.linspace(-1, 1, 32, dtype="float32").reshape(8, 4)
 Y = X.sum(axis=1, keepdims=True) * 0.5
@@ -50,6 +51,15 @@ def tiny_model(learning_rate=0.05):
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs), name="tiny")
     model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
     return model
+
+
+def fit(model, x, *, y, epochs, backup_dir, callbacks=(), validation_data=None, **kwargs):
+    """`model.fit` with the callbacks as every lesson passes them; the `Fitted` it leaves."""
+    backup = ResumableBackup(backup_dir)
+    stop = StopOnDivergence(model, validation_data or (x, y))
+    model.fit(x, y, epochs=epochs, validation_data=validation_data,
+              callbacks=[stop, backup, *callbacks], **kwargs)
+    return backup.fitted()
 
 
 def train(folder, epochs, callbacks=(), model=None, **kwargs):
