@@ -222,12 +222,13 @@ def train(name, model, train_ds, test_ds, args, run):
     autoencoder, code_dim = model.autoencoder, model.encoder.output_shape[-1]
     compile_autoencoder(name, autoencoder, args.learning_rate)
     print(f"\n-- training {autoencoder.name}, code size {code_dim} --")
-    backup = training.ResumableBackup(run.checkpoint(f"{name}_{code_dim}", autoencoder))
+    backup = training.ResumableBackup(run.checkpoint(f"{name}_{code_dim}", autoencoder),
+                                      train_ds)
     callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(f"{name}_{code_dim}")))
     autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
-                    verbose=2)
+                    shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -349,7 +350,7 @@ def compression_curve(scores, train_inputs, test_inputs, train_ds, test_ds, args
 # -- Figures, all from the test split -------------------------------------------------------------
 
 def draw_figures(dataset, test_inputs, rebuilt, results, args, folder):
-    title = f"{data.TITLES[args.dataset]} autoencoders, code size {args.code_dim}"
+    title = f"{dataset.title} autoencoders, code size {args.code_dim}"
     picked = data.examples_per_class(dataset.y_test, 2)
     rows, labels = [dataset.x_test[picked]], ["original"]
     if args.binarize != "none":
@@ -364,7 +365,7 @@ def draw_figures(dataset, test_inputs, rebuilt, results, args, folder):
     if max(SWEEP_CODE_DIMS) > images:  # PCA cannot have more components than images
         swept += f"\n(no code sizes above {images}, the number of training or test images)"
     plot_compression_curve(results, folder / "ae_compression_curve.png",
-                           f"{data.TITLES[args.dataset]}: test reconstruction error against code "
+                           f"{dataset.title}: test reconstruction error against code "
                            f"size{swept}")
 
 

@@ -27,7 +27,6 @@ import common  # first: quiets TensorFlow's start-up logs, registers the suite's
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from common import cli, data, metrics, outputs, plots, training
@@ -229,13 +228,13 @@ def compile_cvae(cvae, learning_rate):
 # validation data, or of the training data without any); and, with --tensorboard, TensorBoard.
 
 def train(model, train_data, validation_data, epochs, args, run):
-    backup = training.ResumableBackup(run.checkpoint(model.name, model))
+    backup = training.ResumableBackup(run.checkpoint(model.name, model), train_data)
     reference = train_data if validation_data is None else validation_data
     callbacks = [training.StopOnDivergence(model, reference), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(model.name)))
     model.fit(train_data, validation_data=validation_data, epochs=epochs, callbacks=callbacks,
-              verbose=2)
+              shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -288,8 +287,7 @@ def train_judge(dataset, args, run):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     training.set_execution(judge)
-    real_digits = data.batches((dataset.x_train, dataset.y_train), args.batch_size,
-                               args.seed).prefetch(tf.data.AUTOTUNE)
+    real_digits = data.batches((dataset.x_train, dataset.y_train), args.batch_size, args.seed)
     fitted = train(judge, real_digits, None, args.classifier_epochs, args, run)
     return judge, {"classifier_train_seconds": fitted.seconds}
 
@@ -342,7 +340,7 @@ def evaluate_conditional_accuracy(decoder, judge, dataset, args):
 
 def draw_figures(encoder, decoder, dataset, test_inputs, args, folder):
     z_mean = training.predict(encoder, (test_inputs, one_hot(dataset.y_test)))[0]
-    title = (f"{data.TITLES[args.dataset]} conditional VAE "
+    title = (f"{dataset.title} conditional VAE "
              f"({args.arch}, latent {args.latent_dim}, beta {args.beta:g})")
     digits = np.arange(data.NUM_CLASSES)
     # One z per column, every label per row: the column keeps the style, the row picks the digit.
@@ -399,7 +397,8 @@ def print_summary(results):
     print("  per class                  " + "  ".join(
         f"{name}: {a:.2f}" for name, a in results["conditional_accuracy_per_class"].items()))
     print(f"  training                   {results['train_seconds']:8.1f} s "
-          f"({results['seconds_per_epoch']:.2f} s per epoch, {results['train_examples']:,} images)"
+          f"({results['seconds_per_epoch']:.2f} s per epoch, "
+          f"{data.counted(results['train_examples'], 'image')})"
           f"; classifier {results['classifier_train_seconds']:.1f} s")
 
 

@@ -159,12 +159,12 @@ def compile_autoencoder(autoencoder, learning_rate):
 # or exploding loss (`StopOnDivergence`), and, with --tensorboard, Keras's TensorBoard.
 
 def train(autoencoder, name, train_ds, test_ds, args, run):
-    backup = training.ResumableBackup(run.checkpoint(name, autoencoder))
+    backup = training.ResumableBackup(run.checkpoint(name, autoencoder), train_ds)
     callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
     autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
-                    verbose=2)
+                    shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -248,7 +248,7 @@ def compare(trained, args):
 # their reconstructions, for each lambda.
 
 def draw_figures(trained, dataset, args, folder):
-    title = (f"{data.TITLES[args.dataset]} contractive autoencoder, "
+    title = (f"{dataset.title} contractive autoencoder, "
              f"{args.hidden} sigmoid code units")
     plot_sensitivity(trained, folder / "contractive_sensitivity.png",
                      f"{title}\nhow far the code moves under Gaussian input noise "

@@ -140,13 +140,13 @@ def compile_model(model, loss, learning_rate):
 # NaN or exploding loss; with --tensorboard, Keras's TensorBoard too.
 
 def fit_model(model, name, batches, epochs, args, run, validation_data=None, callbacks=()):
-    backup = training.ResumableBackup(run.checkpoint(name, model))
+    backup = training.ResumableBackup(run.checkpoint(name, model), batches)
     watched = batches if validation_data is None else validation_data
     callbacks = [training.StopOnDivergence(model, watched), backup, *callbacks]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
     model.fit(batches, validation_data=validation_data, epochs=epochs, callbacks=callbacks,
-              verbose=2)
+              shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -248,7 +248,7 @@ def compare(trained):
 # -- Figures, all from the test split -------------------------------------------------------------
 
 def draw_figures(trained, results, dataset, args, folder):
-    title = (f"{data.TITLES[args.dataset]} deep autoencoder, code size {args.code_dim}, "
+    title = (f"{dataset.title} deep autoencoder, code size {args.code_dim}, "
              "with and without greedy pretraining")
     stages = len(trained["greedy"].stages)
     plot_curves(results, stages, args, folder / "pretraining_curves.png",

@@ -14,7 +14,7 @@ NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
 BOOK_INSTALLED := $(VENV)/.installed-book
 BACKENDS_INSTALLED := $(VENV)/.installed-backends
 
-.PHONY: vae dae cvae sparse contractive ae pretrain test test-fast figures notebooks site bench backends clean
+.PHONY: vae dae cvae sparse contractive ae pretrain mae vqvae test test-fast figures notebooks site bench backends clean
 
 # One target per lesson, each running the script with its defaults.
 vae: $(INSTALLED)
@@ -34,15 +34,24 @@ contractive: $(INSTALLED)
 
 # --sweep also trains the autoencoders at every code size, for the committed compression curve.
 ae: $(INSTALLED)
-	$(PY) AutoEncoder.py --sweep
+	$(PY) AutoEncoder.py --sweep --out .
 
 pretrain: $(INSTALLED)
 	$(PY) GreedyPretraining.py
 
+# --sweep also trains the masked autoencoder at every mask ratio, for the committed sweep curve.
+mae: $(INSTALLED)
+	$(PY) MaskedAutoEncoder.py --sweep --out .
+
+vqvae: $(INSTALLED)
+	$(PY) VQVAE.py
+
 # The tests run the notebooks in a Jupyter kernel, open the book in headless Chromium, and run
 # every lesson on JAX and PyTorch too.
+# Two workers (pytest-xdist), each taking whole modules: on 2 CPU cores much of a test is waiting
+# on a child process or a kernel, and the slowest modules run side by side.
 test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
 
 # The inner loop, under 3 minutes on 2 CPU cores: the unit tests (on TensorFlow), the notebooks'
 # structure, the book's numbers, and one tiny VAE run on each backend.
@@ -50,10 +59,10 @@ FAST_TESTS := tests/test_layers_and_metrics.py tests/test_data.py tests/test_noi
 	tests/test_outputs.py tests/test_training.py tests/test_book_numbers.py \
 	tests/test_notebooks.py tests/test_vae_lesson.py tests/test_backends.py
 test-fast: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
-	$(PY) -m pytest $(FAST_TESTS) \
+	$(PY) -m pytest -n 2 --dist loadscope $(FAST_TESTS) \
 		-k "not kernel and (not test_backends.py or runs_on_the_backend and VariationalAutoEncoder_tf2)"
 
-figures: vae dae cvae sparse contractive ae pretrain
+figures: vae dae cvae sparse contractive ae pretrain mae vqvae
 
 # notebooks/<Lesson>.ipynb from each lesson's source, without outputs (tests/test_notebooks.py
 # fails when a committed one differs from what this writes).
@@ -62,9 +71,16 @@ notebooks: $(NOTEBOOKS_INSTALLED)
 
 # The book: from book/ into site/ (not committed), with no network: code is included from the
 # lessons, figures from figures/, the notebooks are copied in as downloads, and MathJax comes
-# bundled. Read it with `python -m http.server -d site`.
+# bundled. Read it with `python -m http.server -d site`. It builds into site.new and replaces
+# site/ only when the build succeeds: a failed build leaves the last good site/ as it was.
+# (tests/test_site.py runs this recipe with BOOK_DIR and SITE_DIR set to a small book of its own.)
+BOOK_DIR := book
+SITE_DIR := site
 site: $(BOOK_INSTALLED)
-	$(PY) -m sphinx -b html -E -W --keep-going -q book site
+	rm -rf $(SITE_DIR).new
+	$(PY) -m sphinx -b html -E -W --keep-going -q $(BOOK_DIR) $(SITE_DIR).new \
+		|| { rm -rf $(SITE_DIR).new; exit 1; }
+	rm -rf $(SITE_DIR) && mv $(SITE_DIR).new $(SITE_DIR)
 
 # JAX and PyTorch, for KERAS_BACKEND=jax or torch (the book, Backends).
 backends: $(BACKENDS_INSTALLED)
@@ -94,4 +110,4 @@ $(BACKENDS_INSTALLED): requirements-backends.txt | $(INSTALLED)
 	touch $@
 
 clean:
-	rm -rf $(VENV) models checkpoints site .pytest_cache
+	rm -rf $(VENV) models checkpoints site site.new .pytest_cache

@@ -220,12 +220,12 @@ def compile_autoencoder(autoencoder, learning_rate):
 # or exploding loss (`StopOnDivergence`), and, with --tensorboard, Keras's TensorBoard.
 
 def train(autoencoder, name, train_ds, test_ds, args, run):
-    backup = training.ResumableBackup(run.checkpoint(name, autoencoder))
+    backup = training.ResumableBackup(run.checkpoint(name, autoencoder), train_ds)
     callbacks = [training.StopOnDivergence(autoencoder, test_ds), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(name)))
     autoencoder.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
-                    verbose=2)
+                    shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -304,7 +304,7 @@ def compare(trained, args):
 
 def draw_figures(trained, dataset, args, folder):
     names = {penalty: penalty_title(penalty, args) for penalty in trained}
-    title = f"{data.TITLES[args.dataset]} sparse autoencoder, {args.hidden} sigmoid code units"
+    title = f"{dataset.title} sparse autoencoder, {args.hidden} sigmoid code units"
     plot_features({names[p]: ops.convert_to_numpy(t.encoder.get_layer("code").kernel)
                    for p, t in trained.items()}, folder / "sparse_features.png",
                   f"{title}\nencoder weights of {min(SHOWN_UNITS, args.hidden)} units "

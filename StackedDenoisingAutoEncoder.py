@@ -87,7 +87,7 @@ def main(argv=None):
 
 # -- Data: (noisy, clean) pairs, a fresh corruption in every epoch --------------------------------
 # `noise.denoising_datasets` draws a fresh corruption of every training image in every epoch,
-# inside the tf.data pipeline, so the network never sees the same noisy image twice and cannot
+# inside the batches `fit` reads, so the network never sees the same noisy image twice and cannot
 # memorise the noise; the test images are corrupted once (seed + 1), the same in every epoch.
 # The targets are the clean grey levels in [0, 1], not binarized: this lesson is about images.
 
@@ -160,12 +160,12 @@ def compile_dae(dae, learning_rate):
 # NaN or exploding loss; with --tensorboard, Keras's TensorBoard too.
 
 def train(dae, train_ds, test_ds, args, run):
-    backup = training.ResumableBackup(run.checkpoint("dae", dae))
+    backup = training.ResumableBackup(run.checkpoint("dae", dae), train_ds)
     callbacks = [training.StopOnDivergence(dae, test_ds), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs("dae")))
     dae.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
-            verbose=2)
+            shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -249,7 +249,7 @@ def sweep_noise_levels(dae, tuning, clean_test, args):
 # -- Figures, all from the test split -------------------------------------------------------------
 
 def draw_figures(dataset, shown, results, args, folder):
-    title = (f"{data.TITLES[args.dataset]} denoising autoencoder "
+    title = (f"{dataset.title} denoising autoencoder "
              f"({args.noise.replace('_', '-')} noise, {args.noise_factor:g})")
     picked = data.examples_per_class(dataset.y_test, 2)
     clean = dataset.x_test[picked]
@@ -259,7 +259,7 @@ def draw_figures(dataset, shown, results, args, folder):
         rows.append(noise.add_noise(clean, model, factor, args.seed + 1 + i))
         labels.append(f"{model.replace('_', '-')} {factor:g}{' *' if model == args.noise else ''}")
     plots.plot_image_rows(rows, labels, folder / "dae_noisy_inputs.png",
-                          f"{data.TITLES[args.dataset]} test digits and the three noise models\n"
+                          f"{dataset.title} test digits and the three noise models\n"
                           f"(* the one this model was trained on)")
     rows = [shown[key][picked] for key in ("noisy", "baseline", "denoised", "clean")]
     labels = [f"noisy\n{results['noisy_psnr_db']:.1f} dB",
@@ -310,7 +310,7 @@ def print_summary(results):
         print(f"    {level['noise_factor']:5.2f} {level['noisy_psnr_db']:8.2f} "
               f"{level['baseline_psnr_db']:8.2f} {level['denoised_psnr_db']:8.2f}")
     print(f"  training {results['train_seconds']:.1f} s ({results['seconds_per_epoch']:.2f} s "
-          f"per epoch, {results['train_examples']:,} images)")
+          f"per epoch, {data.counted(results['train_examples'], 'image')})")
 
 
 if __name__ == "__main__":

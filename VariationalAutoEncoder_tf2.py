@@ -82,8 +82,10 @@ def main(argv=None):
 # $$ x_i \in \{0, 1\}, \quad P(x_i = 1) = \text{grey level of pixel } i $$
 # The decoder below is a Bernoulli distribution over pixels, so the targets must be binary: by
 # default every training image is binarized afresh in every epoch, and the test images once,
-# with a seed. `data.autoencoder_datasets` builds the tf.data pipelines of (image, image) pairs;
-# `test_inputs` are the binarized test images, and every number below is scored on them.
+# with a seed. `data.autoencoder_datasets` builds the batches of (image, image) pairs that `fit`
+# reads; each epoch's shuffle and binarization are drawn from the seed and the epoch, so a run
+# resumed after a kill draws what it would have drawn. `test_inputs` are the binarized test
+# images, and every number below is scored on them.
 
 
 # -- Encoder: a diagonal Gaussian over z --------------------------------------------------------
@@ -209,12 +211,12 @@ def compile_vae(vae, loss, learning_rate):
 # --tensorboard, Keras's TensorBoard.
 
 def train(vae, train_ds, test_ds, args, run):
-    backup = training.ResumableBackup(run.checkpoint(vae.name, vae))
+    backup = training.ResumableBackup(run.checkpoint(vae.name, vae), train_ds)
     callbacks = [training.StopOnDivergence(vae, test_ds), backup]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs(vae.name)))
     vae.fit(train_ds, validation_data=test_ds, epochs=args.epochs, callbacks=callbacks,
-            verbose=2)
+            shuffle=False, verbose=2)  # the batches shuffle themselves, per epoch
     return backup.fitted()
 
 
@@ -276,7 +278,7 @@ def draw_figures(encoder, decoder, averaged, dataset, test_inputs, args, folder)
         return ops.convert_to_numpy(ops.sigmoid(decoder(z)))
 
     z_mean = training.predict(encoder, test_inputs)[0]
-    title = (f"{data.TITLES[args.dataset]} VAE "
+    title = (f"{dataset.title} VAE "
              f"({args.arch}, latent {args.latent_dim}, beta {args.beta:g})")
     plots.plot_latent_scatter(z_mean, dataset.y_test, folder / "vae_latent_scatter.png", title,
                               dataset.class_names, seed=args.seed)
@@ -329,7 +331,8 @@ def print_summary(results):
               f"(beta x {PIXELS / results['latent_dim']:g}, "
               f"{averaged['active_units']} active units)")
     print(f"  training                {results['train_seconds']:8.1f} s "
-          f"({results['seconds_per_epoch']:.2f} s per epoch, {results['train_examples']:,} images)")
+          f"({results['seconds_per_epoch']:.2f} s per epoch, "
+          f"{data.counted(results['train_examples'], 'image')})")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ LESSONS = {  # name -> (script, flags that keep its evaluation short)
     "dae": ("StackedDenoisingAutoEncoder", []),
     "sparse": ("SparseAutoEncoder", []),
     "contractive": ("ContractiveAutoEncoder", []),
+    "mae": ("MaskedAutoEncoder", []),
+    # The VQ-VAE the flags choose and its prior, not the comparison of codebooks.
+    "vqvae": ("VQVAE", ["--no-comparison", "--prior-epochs", "3"]),
 }
 BACKENDS = ("tensorflow", "jax", "torch")  # Keras's, set by KERAS_BACKEND in each child process
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
@@ -468,8 +471,35 @@ def plain_contractive(lesson, args, dataset):
              losses.bernoulli_nll, *pairs) for contraction in (args.contraction, 0.0)]
 
 
+def plain_mae(lesson, args, dataset):
+    import keras
+
+    pairs = ((dataset.x_train, dataset.x_train), (dataset.x_test, dataset.x_test))
+    mae = lesson.build_mae(args.mask_ratio, args.seed, summary=False)
+    # No loss to compile: the model's own compute_loss scores the hidden patches.
+    return [(mae.model, None, *pairs),
+            (lesson.build_plain_autoencoder()[1], keras.losses.MeanSquaredError(), *pairs)]
+
+
+def plain_vqvae(lesson, args, dataset):
+    import numpy as np
+    from common import data, losses
+
+    x, x_test = data.binarize(dataset.x_train, 0), data.binarize(dataset.x_test, 1)
+    vqvae = lesson.build_vqvae(args.codebook_size, args.code_dim, args.beta, args.ema,
+                               summary=False)[-1]
+    # The prior learns code grids: random ones take it as long as the VQ-VAE's would.
+    rng = np.random.default_rng(0)
+    codes, test_codes = (rng.integers(args.codebook_size, size=(len(images), *lesson.GRID))
+                         .astype("int32") for images in (x, x_test))
+    return [(vqvae, losses.bernoulli_nll, (x, x), (x_test, x_test)),
+            (lesson.build_prior(args.codebook_size, summary=False), lesson.code_nll,
+             (codes, codes), (test_codes, test_codes))]
+
+
 PLAIN_MODELS = {"vae": plain_vae, "cvae": plain_cvae, "ae": plain_ae, "pretrain": plain_pretrain,
-                "dae": plain_dae, "sparse": plain_sparse, "contractive": plain_contractive}
+                "dae": plain_dae, "sparse": plain_sparse, "contractive": plain_contractive,
+                "mae": plain_mae, "vqvae": plain_vqvae}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ html_theme = "sphinx_book_theme"
 html_title = project
 html_static_path = ["_static"]
 html_css_files = ["book.css"]
+# The theme's colour mode when the reader has not picked one: without it the theme's script
+# reads an empty mode on a first visit and logs "Got invalid theme mode" as a console error.
+html_context = {"default_mode": "auto"}
 html_favicon = "_static/favicon.png"  # a digit the VAE drew, from figures/vae_samples.png
 html_theme_options = {
     "show_toc_level": 2,
@@ -58,3 +61,16 @@ mathjax3_config = {
     "options": {"enableMenu": False},
     "loader": {"load": []},
 }
+
+
+def _search_page_typesets_math(app, pagename, templatename, context, doctree):
+    r"""MathJax on the search page too, with _static/search-math.js: a result's summary quotes
+    its page's text, math included, which is then typeset as on the page, not shown as raw \( \).
+    Runs before sphinx.ext.mathjax's handler, which loads MathJax only where a page has math."""
+    if pagename == "search":
+        context["has_maths_elements"] = True
+        app.add_js_file("search-math.js", loading_method="defer")
+
+
+def setup(app):
+    app.connect("html-page-context", _search_page_typesets_math, priority=400)

@@ -19,6 +19,7 @@ import numpy as np
 from common import outputs
 from common import runtime
 from common.data import DATASETS
+from common import errors
 from common.errors import TrainingError
 from common.errors import UsageError
 
@@ -31,6 +32,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def exit(self, status=0, message=None):
+        if status and errors.ipython() is not None:  # a notebook: the line, no SystemExit
+            raise UsageError(message.strip().split(": error: ", 1)[-1])
+        super().exit(status, message)
+
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         distribute = getattr(parsed, "distribute", None)
@@ -41,7 +47,24 @@ class Parser(argparse.ArgumentParser):
                 runtime.check_tf_config()
         except UsageError as err:
             self.exit(2, f"{self.prog}: error: {err}\n")
+        if getattr(parsed, "out", ROOT) is None:
+            parsed.out = self.default_out(parsed)
         return parsed
+
+    def default_out(self, parsed):
+        """Where a run without --out writes: the repository (its committed figures/ and
+        results/) with the lesson's default settings, as `make figures` runs it; with any other
+        setting, runs/<Script>/, which git ignores, so that a trial never replaces them."""
+        defaults = vars(super().parse_args([]))
+        changed = [f"--{k.replace('_', '-')}" for k, v in vars(parsed).items()
+                   if k not in ("out", "tensorboard") and v != defaults.get(k)]
+        if not changed:
+            return ROOT
+        folder = ROOT / "runs" / pathlib.Path(self.prog).stem
+        outputs.default_out_note = (
+            f"outputs: {folder} ({', '.join(changed)} differ from the lesson's defaults; only "
+            "a default run writes the repository's figures/ and results/; --out DIR chooses)")
+        return folder
 
 
 def positive_int(text):
@@ -103,6 +126,8 @@ def output_folder(text):
 
 def existing_file(text):
     path = pathlib.Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the .npz file in it")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path
@@ -138,16 +163,19 @@ def base_parser(script, epochs, batch_size, learning_rate):
                         help="Adam's step size")
     shared.add_argument("--seed", type=seed, default=0,
                         help="seed for weights, shuffling, binarization and sampling")
-    shared.add_argument("--dataset", choices=DATASETS, default="mnist",
-                        help="which dataset to train on")
+    shared.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="which dataset to train on (default: mnist); with --data, what "
+                             "the file holds (without it, the file's own name and numbered "
+                             "classes are used)")
     shared.add_argument("--data", type=existing_file, metavar="PATH",
                         help="a local Keras-format .npz (x_train, y_train, x_test, y_test) "
                              "instead of the cache, download or offline sample")
     shared.add_argument("--limit", type=positive_int, metavar="N",
                         help="train on the first N training examples only")
-    shared.add_argument("--out", type=output_folder, default=ROOT,
-                        metavar="DIR",
-                        help="write DIR/figures, DIR/results and DIR/models")
+    shared.add_argument("--out", type=output_folder, default=None, metavar="DIR",
+                        help="write DIR/figures, DIR/results and DIR/models (default: the "
+                             "repository with the lesson's default settings, runs/<lesson>/ "
+                             "with any other)")
     scaling = parser.add_argument_group("scaling up (see the book, Scaling up)")
     scaling.add_argument("--distribute", choices=runtime.DISTRIBUTIONS, default="none",
                          help="train on one device, mirrored over this machine's GPUs, or on "

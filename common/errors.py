@@ -1,10 +1,26 @@
 """The errors a lesson reports in one line instead of a traceback: `UsageError` (exit status 2)
-for bad input, `TrainingError` (exit status 1) for a run that went wrong. See the book, When
-something goes wrong.
+for bad input, `TrainingError` (exit status 1) for a run that went wrong; in a notebook, the
+same line under the cell. See the book, When something goes wrong.
 """
 
+import sys
 
-class UsageError(Exception):
+
+def ipython():
+    """The running IPython shell (a notebook's kernel), or None in a script."""
+    module = sys.modules.get("IPython")
+    return module.get_ipython() if module is not None else None
+
+
+class OneLine(Exception):
+    """An error IPython shows as its message alone, with no traceback (its `_render_traceback_`
+    protocol); a script's `cli.run` prints the same line and exits."""
+
+    def _render_traceback_(self):
+        return [f"error: {self}"]
+
+
+class UsageError(OneLine):
     """A bad flag value, an unwritable output folder, or anything else the user can fix."""
 
 
@@ -12,7 +28,7 @@ class DataError(UsageError):
     """A data file that is missing, corrupt, of the wrong shape or with impossible values."""
 
 
-class TrainingError(Exception):
+class TrainingError(OneLine):
     """A run that cannot produce honest results; reported in one line with exit status 1."""
 
 

@@ -1,6 +1,6 @@
 """Noise models for denoising autoencoders (`gaussian`, `masking`, `salt_and_pepper`), on NumPy
 arrays or tensors, seeded by an int or a seed pair through TensorFlow's stateless random ops; and
-a tf.data pipeline of (noisy, clean) pairs. See the book, Denoising autoencoder.
+the batches of (noisy, clean) pairs that `fit` reads. See the book, Denoising autoencoder.
 """
 
 import functools
@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from common.data import batches
+from common.data import Batches
 
 NOISE_MODELS = ("gaussian", "masking", "salt_and_pepper")
 # The usual strengths: a standard deviation for gaussian, a fraction of pixels for the others.
@@ -63,21 +63,20 @@ def add_noise(images, noise, factor, seed):
 
 
 def denoising_datasets(data, batch_size, noise, factor, seed):
-    """(train, test, noisy_test): tf.data pipelines of (noisy image, clean image) pairs, with a
-    fresh corruption of every training image in every epoch, and the test images corrupted once
-    (seed + 1), so that every epoch and every run is scored on the same noisy images."""
+    """(train, test, noisy_test): `Batches` of (noisy image, clean image) pairs, with a fresh
+    corruption of every training image in every epoch (drawn from the seed, the epoch and the
+    batch), and the test images corrupted once (seed + 1), so that every epoch and every run is
+    scored on the same noisy images."""
     add_noise(data.x_test[:1], noise, factor, seed)  # a bad noise name or factor fails here
     noisy_test = add_noise(data.x_test, noise, factor, seed + 1)
     corrupt = CORRUPT[noise]
-    # Stateful random ops inside a map restart from the same state every epoch and would repeat
-    # the same noise, so each batch is paired with a seed from Dataset.random, which draws new
-    # seeds every epoch (and the same ones in a rerun with the same --seed).
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    train = (tf.data.Dataset.zip(batches(data.x_train, batch_size, seed), seeds)
-             .map(lambda clean, seed_pair: (corrupt(clean, factor, seed_pair), clean),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-             .prefetch(tf.data.AUTOTUNE))
-    test = batches((noisy_test, data.x_test), batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def corrupted(batch, rng):
+        (clean,) = batch
+        return corrupt(clean, factor, rng.integers(2**31, size=2)), clean
+
+    train = Batches(data.x_train, batch_size, seed, corrupted)
+    test = Batches((noisy_test, data.x_test), batch_size)
     return train, test, noisy_test
 
 

@@ -17,10 +17,12 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 
+from common import errors
 from common import runtime
 from common.errors import OutOfSpace
 from common.errors import TrainingError
@@ -37,6 +39,7 @@ STAGED = ("figures", "results", "models")
 _held_lock = None  # the lock file of the run in this process
 _scratch = None    # a non-chief worker's temporary output folder
 _staging = []      # this process's staging folders, removed by `release` unless committed
+default_out_note = ""  # where a run without --out writes, and why: said when it starts writing
 
 
 @dataclasses.dataclass
@@ -172,7 +175,16 @@ def _check_folder(folder, out):
         refuse(f"the path is too long for this file system ({longest_path} bytes at most, "
                "with the files the lesson writes in it)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        refuse(f"{existing}: permission denied" if existing != out else "permission denied")
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        refuse(f"{existing}: {reason}" if existing != out else reason)
+
+
+def _read_only(folder):
+    """Whether `folder` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 # Flags that do not change what is trained, so a rerun with another value resumes. --data is
@@ -216,6 +228,10 @@ def open_folders(args, script, digest="default", header=None):
         return run
     root = pathlib.Path(args.out)
     check_writable(root, SUBFOLDERS + (("logs",) if getattr(args, "tensorboard", False) else ()))
+    global default_out_note
+    if default_out_note:
+        print(default_out_note, file=sys.stderr)
+        default_out_note = ""
     for name in SUBFOLDERS:
         folder = root / name
         try:
@@ -248,13 +264,25 @@ def take_lock(path, root):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise UsageError(f"another run of this lesson (process {holder}) is writing into {root}; "
-                         "wait for it to finish, or pass another --out") from None
+        raise UsageError(f"another run of this lesson (process {holder}, in a terminal or a "
+                         f"notebook's kernel) has not finished with {root}; wait for it to "
+                         "finish, or pass another --out") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
     _held_lock = handle
+    shell = errors.ipython()
+    if shell is not None and _release_after_a_failed_cell not in shell.events.callbacks[
+            "post_run_cell"]:
+        shell.events.register("post_run_cell", _release_after_a_failed_cell)
+
+
+def _release_after_a_failed_cell(result):
+    """In a notebook, a run ends when a cell fails (an error, an interrupt), as a script's
+    would: the lock and the staging folders go; its backups stay, to resume from."""
+    if not result.success:
+        release()
 
 
 def release():
@@ -429,8 +457,9 @@ def remove_tree(folder):
 def results_header(args, dataset):
     """The first keys of every lesson's results: the data it saw, then every flag it ran with."""
     flags = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()
-             if k != "out"}
-    return {"backend": runtime.BACKEND, "dataset": dataset.name, "data_source": dataset.source,
+             if k not in ("out", "dataset")}
+    return {"backend": runtime.BACKEND, "dataset": dataset.name or dataset.title,
+            "data_source": dataset.source,
             "train_examples": len(dataset.x_train), "test_examples": len(dataset.x_test),
             **flags}
 

@@ -30,6 +30,9 @@ def _open_standard_streams():
 
 _open_standard_streams()
 
+from common import errors  # noqa: E402
+from common.errors import UsageError  # noqa: E402
+
 # TensorFlow's C++ core prints start-up notes (and, without a GPU, alarming but harmless CUDA
 # messages) straight to file descriptor 2. Keep warnings and errors, and mute what is printed
 # while TensorFlow loads, unless TF_CPP_MIN_LOG_LEVEL=0 or 1 asks for it. This must run before
@@ -54,12 +57,34 @@ def _native_stderr_muted(active):
         os.close(devnull)
 
 
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def _refuse_unsupported_backend(backend):
+    """Exit with status 2 and one line for a backend the lessons do not run on (Keras also has
+    numpy and openvino, for inference only), before Keras fails with a traceback."""
+    if backend not in BACKEND_NAMES:
+        message = (f"KERAS_BACKEND={backend} is not supported; the lessons run on "
+                   f"{', '.join(BACKEND_NAMES)} (see the book, Backends)")
+        if errors.ipython() is not None:
+            raise errors.UsageError(message)
+        print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if "KERAS_BACKEND" in os.environ:
+    _refuse_unsupported_backend(os.environ["KERAS_BACKEND"])
+
 with _native_stderr_muted(_MUTE_STARTUP):
     import tensorflow as tf
 
     import keras
 
     BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
+    _refuse_unsupported_backend(BACKEND)  # one set in ~/.keras/keras.json
+    # Listing the GPUs starts CUDA, which prints "failed call to cuInit" on a machine with
+    # CUDA's libraries and no GPU: here, while that is muted, and not later.
+    tf.config.list_physical_devices("GPU")
     if BACKEND == "jax":
         # Deterministic GPU kernels; read when JAX first starts its devices, after this.
         os.environ["XLA_FLAGS"] = " ".join(
@@ -72,14 +97,12 @@ with _native_stderr_muted(_MUTE_STARTUP):
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)
 
-from common.errors import UsageError  # noqa: E402
 
 # Keras's fit warns, on every call, that its `shuffle=True` default is ignored for a tf.data
 # pipeline; the lessons' pipelines are shuffled with their seed.
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed, but will be ignored")
 
 DISTRIBUTIONS = ("none", "mirrored", "multi-worker")
-BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 # Mirrored on JAX is keras.distribution.DataParallel; Keras on PyTorch has no distribution.
 SUPPORTED_DISTRIBUTIONS = {"tensorflow": DISTRIBUTIONS, "jax": ("none", "mirrored"),
                            "torch": ("none",)}

@@ -54,6 +54,7 @@ class Fitted(NamedTuple):
 
     history: dict        # metric name -> one value per finished epoch
     epoch_seconds: list  # wall-clock seconds of each finished epoch (the first includes tracing)
+    resumed_after: int = 0  # the epoch this run resumed after (0: it started fresh)
 
     @property
     def epochs(self):
@@ -68,7 +69,8 @@ class Fitted(NamedTuple):
         median = float(np.median(self.epoch_seconds)) if self.epoch_seconds else 0.0
         return {"epochs_trained": self.epochs, "final_train_loss": self.history["loss"][-1],
                 "train_seconds": self.seconds, "seconds_per_epoch": median,
-                "epoch_seconds": self.epoch_seconds}
+                "epoch_seconds": self.epoch_seconds,
+                "resumed_after_epoch": self.resumed_after or None}
 
 
 _inference_steps = weakref.WeakKeyDictionary()  # model -> its compiled inference step
@@ -85,7 +87,10 @@ def predict(model, inputs, batch_size=1024):
             weak = weakref.ref(model)  # the cache must not keep the model alive
             _inference_steps[model] = tf.function(lambda x: weak()(x, training=False),
                                                   reduce_retracing=True)
-        outputs = [_inference_steps[model](batch) for batch in data.batches(inputs, batch_size)]
+        arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+        outputs = [_inference_steps[model](batch if isinstance(inputs, tuple) else batch[0])
+                   for batch in zip(*(np.array_split(a, range(batch_size, len(a), batch_size))
+                                      for a in arrays))]
         if isinstance(outputs[0], (list, tuple)):
             return [np.concatenate([ops.convert_to_numpy(o[i]) for o in outputs])
                     for i in range(len(outputs[0]))]
@@ -101,7 +106,7 @@ def predict(model, inputs, batch_size=1024):
 
 class StopOnDivergence(keras.callbacks.TerminateOnNaN):
     """Raise `Diverged` at the first NaN or infinite loss or metric, or a loss above EXPLOSION
-    times that of the untrained model on a batch of `data` (a tf.data pipeline of (inputs,
+    times that of the untrained model on a batch of `data` (`data.Batches` of (inputs,
     targets), or such a tuple of arrays), before a diverged state can be backed up."""
 
     def __init__(self, model, data, rows=256):
@@ -110,8 +115,9 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
         # Evaluating draws from the layers' seed generators (the VAE samples z): put their states
         # back, so that training draws exactly what it would have drawn without this look.
         states = [(v, np.array(v)) for v in model.non_trainable_variables]
-        if isinstance(data, tf.data.Dataset):
-            scores = model.evaluate(data.take(1), verbose=0, return_dict=True)
+        if isinstance(data, keras.utils.PyDataset):
+            inputs, targets = data[0]
+            scores = model.evaluate(inputs, targets, verbose=0, return_dict=True)
         else:
             inputs, targets = data
             first = (tuple(x[:rows] for x in inputs) if isinstance(inputs, tuple)
@@ -145,21 +151,26 @@ class StopOnDivergence(keras.callbacks.TerminateOnNaN):
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` with atomic backups (`epoch-NNNNN` folders) that keep the history and
-    epoch times; an unreadable backup is set aside and the one before it restored."""
+    epoch times; an unreadable backup is set aside and the one before it restored.
 
-    def __init__(self, backup_dir):
+    A resumed run ends exactly where the uninterrupted one would: a backup also keeps the
+    layers' seed generators (the VAE's draws of z, dropout), which `save_weights` leaves out, and
+    each epoch tells the training `data.Batches` which epoch it is, so that its shuffling and
+    draws (binarization, noise) are those of that epoch, resumed or not."""
+
+    def __init__(self, backup_dir, train_data):
         # The backups are kept when training ends, until `Run.finish` has written the outputs.
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
-        self.folder = pathlib.Path(backup_dir)
-        self.history, self.epoch_seconds = {}, []
+        self.folder, self.train_data = pathlib.Path(backup_dir), train_data
+        self.history, self.epoch_seconds, self.resumed_after = {}, [], 0
 
     def fitted(self):
         """The history and epoch times of every finished epoch, resumed ones included."""
         return Fitted({k: list(v) for k, v in self.history.items()},
-                      [float(s) for s in self.epoch_seconds])
+                      [float(s) for s in self.epoch_seconds], self.resumed_after)
 
     def on_train_begin(self, logs=None):
-        self.history, self.epoch_seconds = {}, []
+        self.history, self.epoch_seconds, self.resumed_after = {}, [], 0
         self.model._initial_epoch = 0  # where fit starts; Keras's own BackupAndRestore sets it
         for backup in self._backups():
             try:
@@ -168,6 +179,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 self._set_aside(backup, err)
                 continue
             self._report(backup)
+            self.resumed_after = len(self.epoch_seconds)
             return
 
     def _backups(self):
@@ -194,8 +206,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         """Load one backup into the model, or leave the model exactly as it was and raise."""
         state = json.loads((backup / STATE_FILE).read_text())
         epoch, history, seconds = state["epoch"], state["history"], state["epoch_seconds"]
+        generators = seed_generators(self.model)
         if not (isinstance(epoch, int) and epoch >= 1 and len(seconds) == epoch
-                and all(len(values) == epoch for values in history.values())):
+                and all(len(values) == epoch for values in history.values())
+                and len(state.get("seed_generators", ())) == len(generators)):
             raise ValueError(f"inconsistent training state in {STATE_FILE}")
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)  # slots to load into
@@ -209,6 +223,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             for variable, value in zip(variables, before):  # undo a half-finished load
                 variable.assign(value)
             raise
+        for generator, value in zip(generators, state["seed_generators"]):
+            generator.state.assign(np.asarray(value, generator.state.dtype))
         self.model._initial_epoch = epoch
         self.history, self.epoch_seconds = history, seconds
 
@@ -224,6 +240,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         print(f"checkpoint: {text} ({backup})", file=sys.stderr)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if isinstance(self.train_data, data.Batches):
+            self.train_data.epoch = epoch  # its shuffling and draws are those of this epoch
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -241,7 +259,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return
         final = self.folder / f"epoch-{self._current_epoch:05d}"
         text = json.dumps({"epoch": self._current_epoch, "history": self.history,
-                           "epoch_seconds": self.epoch_seconds})
+                           "epoch_seconds": self.epoch_seconds,
+                           "seed_generators": [np.asarray(g.state).tolist()
+                                               for g in seed_generators(self.model)]})
         tmp = outputs.temporary_name(final)
         # Checked for room first: h5py can crash on a full disk rather than raise.
         with outputs.writing(final, outputs.weights_bytes(self.model) + len(text)):
@@ -256,3 +276,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                     outputs.remove_tree(tmp)
         for old in self._backups()[KEPT_BACKUPS:]:
             outputs.remove_tree(old)
+
+
+def seed_generators(model):
+    """The `keras.random.SeedGenerator`s of a model's layers, in a fixed order."""
+    return [generator for layer in model._flatten_layers()
+            for generator in getattr(layer, "_seed_generators", [])]

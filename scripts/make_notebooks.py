@@ -3,7 +3,7 @@
 The lesson's .py stays the one file anyone edits; its notebook is generated from it, as the
 keras.io examples are, and committed without outputs:
 
-    python scripts/make_notebooks.py           # or `make notebooks`: write all seven
+    python scripts/make_notebooks.py           # or `make notebooks`: write them all
     python scripts/make_notebooks.py --check   # exit 1, naming them, if any is out of date
 
 A notebook reads like a page, in the lesson's order:
@@ -32,7 +32,8 @@ import nbformat
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 LESSONS = ("VariationalAutoEncoder_tf2", "ConditionalVAE", "AutoEncoder", "GreedyPretraining",
-           "StackedDenoisingAutoEncoder", "SparseAutoEncoder", "ContractiveAutoEncoder")
+           "StackedDenoisingAutoEncoder", "SparseAutoEncoder", "ContractiveAutoEncoder",
+           "MaskedAutoEncoder", "VQVAE")
 RULE = re.compile(r"^# -- (?P<title>.*?) -*$")
 METADATA = {  # the same in every notebook, so that regenerating one is byte-identical
     "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
@@ -107,7 +108,7 @@ def prose(lines):
 
 def title_markdown(docstring, lesson):
     """The title cell: the first line as `# Title`, paragraphs as text, an indented `$$` block
-    as display math, the indented commands as a bash block."""
+    as display math, the indented commands as a bash block (indented Python, as a python one)."""
     title, _, rest = docstring.strip().partition("\n")
     parts = [f"# {title.strip().rstrip('.')}"]
     for paragraph in re.split(r"\n\s*\n", rest.strip("\n")):
@@ -116,8 +117,9 @@ def title_markdown(docstring, lesson):
             parts.append(paragraph.strip())
         elif any("$$" in line for line in lines):
             parts.extend(split_math(lines)[0])
-        else:
-            parts.append(fenced(lines, "bash"))
+        else:  # commands, or Python code that starts with an import
+            python = lines[0].lstrip().startswith(("import ", "from "))
+            parts.append(fenced(lines, "python" if python else "bash"))
     parts.append(GENERATED.format(lesson=lesson))
     return "\n\n".join(parts)
 

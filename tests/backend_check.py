@@ -8,7 +8,8 @@ PLAN.json is a list of [module, [model paths]]: the module is imported first (`c
 lesson that defines the model's layers, as the lessons' docstrings say). OUT.npz receives, for
 each path, its outputs on inputs drawn with a fixed seed from each input's shape, under the key
 "<path>|<output number>"; and the backend's name under "backend". A model with a `Sampling`
-layer draws new noise on each backend, so only its outputs' finiteness is checked here.
+layer or a `RandomPatchMask` (the masked autoencoder's) draws new noise on each backend, so only
+its outputs' finiteness is checked here.
 """
 
 import importlib
@@ -30,7 +31,7 @@ def fixed_inputs(model):
 
 
 def draws_noise(model):
-    return any(type(layer).__name__ == "Sampling"  # the VAE's or the CVAE's own
+    return any(type(layer).__name__ in ("Sampling", "RandomPatchMask")  # the lessons' own
                or (isinstance(layer, keras.Model) and draws_noise(layer))
                for layer in model.layers)
 

@@ -117,7 +117,7 @@ def test_tiny_run_scores_every_model_and_its_codes(lesson, tiny, small_mnist_npz
     for name in REPRESENTATIONS:
         scores = results["features"][name]
         assert 0 <= scores["kmeans_nmi"] <= 1 and scores["kmeans_accuracy"] >= 0.1
-        assert scores["probe_accuracy"] > 0.3  # well above chance (0.1), even after 2 epochs
+        assert scores["probe_accuracy"] > 0.25  # well above chance (0.1), even after 2 epochs
     assert results["features"]["pixels"]["dim"] == 784 and results["features"]["deep"]["dim"] == 4
     # PCA at the sizes of the (patched) sweep and --code-dim; the autoencoders at both.
     assert list(results["compression_curve"]["pca"]) == ["2", "4"]

@@ -1,20 +1,21 @@
-"""Every lesson on JAX and on PyTorch, as `KERAS_BACKEND=jax python <lesson>.py` runs it: finite
-results that name the backend, the penalties in the log, the same numbers twice from the same
-seed, models that load on the other backends and compute the same outputs, mixed precision,
-JAX's DataParallel, and what a backend cannot do refused before anything happens. The
-backend-neutral unit tests (marked `every_backend`) run here on JAX and PyTorch too; the rest of
-the suite runs on TensorFlow, the default, and tf.distribute's tests are TensorFlow's by nature.
+"""Every lesson on JAX and on PyTorch: finite results that name the backend, the penalties in the
+log, the same numbers twice from the same seed (once among the other lessons in one process,
+once as `KERAS_BACKEND=jax python <lesson>.py` runs it), and models that load on the other
+backends and compute the same outputs. tests/test_backend_features.py has the rest (mixed
+precision, JAX's DataParallel, the backend-neutral unit tests, what a backend refuses); the
+rest of the suite runs on TensorFlow, the default.
 
-Keras fixes its backend when it is first imported, so each run is a process of its own.
+Keras fixes its backend when it is first imported, so each backend runs in processes of its own.
 """
 
 import json
 import math
 import os
-import re
+import pathlib
 import subprocess
 import sys
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ OTHER_BACKENDS = ["jax", "torch"]
 VAE = "VariationalAutoEncoder_tf2"
 # The unweighted penalty each lesson logs beside its loss (through PenalizedModel).
 PENALTY = {VAE: "kl_loss", "ConditionalVAE": "kl_loss", "SparseAutoEncoder": "kl_sparsity",
-           "ContractiveAutoEncoder": "jacobian_norm_sq"}
+           "ContractiveAutoEncoder": "jacobian_norm_sq", "VQVAE": "commitment_loss"}
 TIMING = ("seconds", "epoch_seconds")  # keys that measure the machine, not the model
 
 
@@ -62,14 +63,77 @@ def backend_run(small_mnist_npz, tmp_path_factory):
     TINY_ARGS, cached for the module."""
     cache = {}
 
-    def run(backend, name, *flags, again=False, **env):
-        key = (backend, name, flags, again, tuple(env.items()))
+    def run(backend, name, *flags, **env):
+        key = (backend, name, flags, tuple(env.items()))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"{backend}-{name}")
             cache[key] = Run(backend, name, out, small_mnist_npz, *flags, **env)
         return cache[key]
 
     return run
+
+
+class InProcess(NamedTuple):
+    """One lesson's run among those `tests/backend_runs.py` ran in one process."""
+
+    out: pathlib.Path
+    returncode: int
+    stdout: str
+    stderr: str
+    results: dict
+
+
+def lessons_wanted(request):
+    """The lessons the selected tests of this module need (`make test-fast` selects one)."""
+    wanted = set()
+    for item in request.session.items:
+        if item.module is request.module:
+            if item.originalname == "test_models_move_between_backends_with_the_same_outputs":
+                wanted.update(LESSONS)
+            params = getattr(item, "callspec", None)
+            wanted.add(params.params.get("name", VAE) if params else VAE)
+    return [name for name in LESSONS if name in wanted]
+
+
+@pytest.fixture(scope="module")
+def every_lesson_on(request, small_mnist_npz, tmp_path_factory):
+    """every_lesson_on(backend)[name]: every lesson's tiny run on `backend`, all of them in one
+    process (Keras and the backend start once), the three backends' processes side by side;
+    cached for the module."""
+    cache, wanted = {}, lessons_wanted(request)
+
+    def start(backend):
+        folder = tmp_path_factory.mktemp(f"{backend}-lessons")
+        plan = [[name, ["--data", str(small_mnist_npz), "--out", str(folder / name),
+                        *TINY_ARGS[name]], str(folder / name)] for name in wanted]
+        (folder / "plan.json").write_text(json.dumps(plan))
+        inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "backend_runs.py"),
+                                  str(folder / "plan.json")], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env={**inherited, "KERAS_BACKEND": backend})
+        return folder, child
+
+    def finish(folder, child):
+        _, stderr = child.communicate(timeout=1800)
+        assert child.returncode == 0, stderr[-3000:]
+        runs = {}
+        for name in wanted:
+            out = folder / name
+            path = out / "results" / f"{name}.json"
+            runs[name] = InProcess(out, int((out / "status.txt").read_text()),
+                                   (out / "stdout.txt").read_text(),
+                                   (out / "stderr.txt").read_text(),
+                                   json.loads(path.read_text()) if path.exists() else None)
+        return runs
+
+    def runs(backend):
+        if not cache:
+            started = {b: start(b) for b in BACKEND_NAMES}
+            cache.update({b: finish(*started[b]) for b in BACKEND_NAMES})
+        return cache[backend]
+
+    return runs
 
 
 def numbers(results, key="results"):
@@ -87,8 +151,8 @@ def numbers(results, key="results"):
 
 @pytest.mark.parametrize("name", LESSONS)
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_every_lesson_runs_on_the_backend_and_names_it(backend_run, backend, name):
-    run = backend_run(backend, name)
+def test_every_lesson_runs_on_the_backend_and_names_it(every_lesson_on, backend, name):
+    run = every_lesson_on(backend)[name]
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.results["backend"] == backend
     device = [line for line in run.stderr.splitlines() if line.startswith("device:")]
@@ -102,21 +166,21 @@ def test_every_lesson_runs_on_the_backend_and_names_it(backend_run, backend, nam
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_the_same_seed_gives_the_same_numbers_twice(backend_run, backend):
-    first, again = backend_run(backend, VAE), backend_run(backend, VAE, again=True)
+def test_the_same_seed_gives_the_same_numbers_twice(every_lesson_on, backend_run, backend):
+    """Once among the other lessons in one process, and once from the command line alone."""
+    first, again = every_lesson_on(backend)[VAE], backend_run(backend, VAE)
     assert first.returncode == again.returncode == 0, again.stderr[-3000:]
     assert dict(numbers(again.results)) == dict(numbers(first.results))
 
 
-def test_models_move_between_backends_with_the_same_outputs(backend_run, tiny_run, tmp_path):
+def test_models_move_between_backends_with_the_same_outputs(every_lesson_on, tmp_path):
     """Every lesson's models, saved on one of the three backends in turn (so each backend saves
     some lessons' models, and each lesson is saved by one), load on all three and compute the
     same outputs on the same inputs (to float32 round-off). Every model saved on any backend
     keeps the portable compile configuration."""
     plan = []
     for i, name in enumerate(LESSONS):
-        runs = {"tensorflow": tiny_run(name).out,
-                **{b: backend_run(b, name).out for b in OTHER_BACKENDS}}
+        runs = {b: every_lesson_on(b)[name].out for b in BACKEND_NAMES}
         for out in runs.values():  # saved with the compile configuration every backend accepts
             for path in (out / "models").glob("*.keras"):
                 compiled = json.loads(zipfile.ZipFile(path).read("config.json")).get(
@@ -128,13 +192,17 @@ def test_models_move_between_backends_with_the_same_outputs(backend_run, tiny_ru
         assert paths, (name, saved_on)
         plan.append((FIRST_IMPORT[name], paths))
     (tmp_path / "plan.json").write_text(json.dumps(plan))
+    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    checks = {backend: subprocess.Popen(  # the three backends side by side
+        [sys.executable, str(ROOT / "tests" / "backend_check.py"), str(tmp_path / "plan.json"),
+         str(tmp_path / f"{backend}.npz")], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**inherited, "KERAS_BACKEND": backend})
+        for backend in BACKEND_NAMES}
     computed = {}
-    for backend in BACKEND_NAMES:
-        out = tmp_path / f"{backend}.npz"
-        done = on_backend(backend, [sys.executable, str(ROOT / "tests" / "backend_check.py"),
-                                    str(tmp_path / "plan.json"), str(out)])
-        assert done.returncode == 0, done.stderr[-3000:]
-        computed[backend] = dict(np.load(out))
+    for backend, check in checks.items():
+        _, stderr = check.communicate(timeout=900)
+        assert check.returncode == 0, stderr[-3000:]
+        computed[backend] = dict(np.load(tmp_path / f"{backend}.npz"))
         assert str(computed[backend].pop("backend")) == backend
     keys = computed["tensorflow"].keys()
     assert len(keys) >= len(LESSONS) and all(computed[b].keys() == keys for b in OTHER_BACKENDS)
@@ -142,81 +210,3 @@ def test_models_move_between_backends_with_the_same_outputs(backend_run, tiny_ru
         for backend in OTHER_BACKENDS:
             np.testing.assert_allclose(computed[backend][key], computed["tensorflow"][key],
                                        rtol=2e-5, atol=2e-5, err_msg=f"{key} on {backend}")
-
-
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_mixed_precision_runs_on_the_backend(backend_run, backend):
-    run = backend_run(backend, VAE, "--mixed-precision")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert f"{BACKEND_NAMES[backend]} backend, mixed_bfloat16" in run.stderr
-    assert run.results["mixed_precision"] is True
-    assert 0 < run.results["test_neg_elbo_nats"] < 1000
-
-
-def test_mirrored_on_jax_is_data_parallel_over_two_host_devices(backend_run):
-    run = backend_run("jax", VAE, "--distribute", "mirrored",
-                      XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "mirrored over 2 devices (keras.distribution.DataParallel)" in run.stderr
-    assert 0 < run.results["test_neg_elbo_nats"] < 1000
-
-
-@pytest.mark.parametrize("backend, distribute", [("torch", "mirrored"),
-                                                 ("torch", "multi-worker"),
-                                                 ("jax", "multi-worker")])
-def test_what_a_backend_cannot_do_is_refused_before_anything_happens(backend, distribute,
-                                                                     tmp_path):
-    out = tmp_path / "out"
-    done = on_backend(backend, [sys.executable, f"{VAE}.py", "--distribute", distribute,
-                                "--out", str(out)], timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        f"{VAE}.py: error: --distribute {distribute} runs on "
-        f"{'TensorFlow or JAX' if distribute == 'mirrored' else 'TensorFlow'}, not on the "
-        f"{BACKEND_NAMES[backend]} backend (KERAS_BACKEND); see the book, Backends"]
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_the_backend_neutral_unit_tests_pass_on_the_backend(backend):
-    done = on_backend(backend, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                "-m", "every_backend", "tests"])
-    assert done.returncode == 0, done.stdout[-3000:]
-    passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) >= 20 and "failed" not in done.stdout
-
-
-def test_mirrored_on_jax_refuses_a_batch_its_devices_cannot_share(small_mnist_npz, tmp_path):
-    out = tmp_path / "out"
-    done = on_backend("jax", [sys.executable, f"{VAE}.py", "--data", str(small_mnist_npz),
-                              "--limit", "101", "--batch-size", "64", "--distribute", "mirrored",
-                              "--out", str(out)],
-                      timeout=120, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"{VAE}.py: error: --distribute mirrored on JAX splits every batch over its 2 devices, "
-        "and 101 training images in batches of 64 leave a batch of 37: choose a --batch-size "
-        "(or --limit) that 2 devices can share")
-    assert not out.exists()
-
-
-PREDICT_ON_TWO_DEVICES = """
-import numpy as np
-import common, keras
-from common import training
-model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
-x = np.random.default_rng(0).random((7, 3)).astype("float32")
-alone = training.predict(model, x, batch_size=4)
-keras.distribution.set_distribution(keras.distribution.DataParallel())
-shared = training.predict(model, x, batch_size=5)  # 7 rows and batches of 5: neither even
-assert alone.shape == shared.shape == (7, 4), (alone.shape, shared.shape)
-np.testing.assert_allclose(shared, alone, rtol=1e-6)
-print("devices", keras.distribution.distribution().device_mesh.devices.size)
-"""
-
-
-def test_predict_on_jax_pads_what_two_devices_cannot_share():
-    done = on_backend("jax", [sys.executable, "-c", PREDICT_ON_TWO_DEVICES], timeout=120,
-                      XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-2:] == ["devices", "2"]

@@ -99,8 +99,15 @@ def write_bad_npz(path, kind):
         elif kind == "nan pixels":
             arrays["x_test"] = arrays["x_test"] / 255.0
             arrays["x_test"][3, 4, 5] = np.nan
-        elif kind == "pixel range":
-            arrays["x_train"] = arrays["x_train"].astype(np.int32) * 2
+        elif kind == "pixel range":  # 8-bit levels stored as int32, one above 255
+            arrays["x_train"] = arrays["x_train"].astype(np.int32)
+            arrays["x_train"][1, 3, 3] = 256
+        elif kind == "float pixel range":  # grey levels in [0, 1] and one just above
+            arrays["x_test"] = (arrays["x_test"] / 255.0).astype(np.float32)
+            arrays["x_test"][7, 10, 10] = np.float32(1.0001)
+        elif kind == "negative float":
+            arrays["x_train"] = (arrays["x_train"] / 255.0).astype(np.float32)
+            arrays["x_train"][0, 0, 0] = -0.001
         elif kind == "labels outside 0-9":
             arrays["y_test"] = np.arange(10) + 1
         elif kind == "fractional labels":
@@ -119,14 +126,17 @@ BAD_FILES = {
     "truncated": "damaged or truncated .npz",
     "missing key": "missing array y_test (it holds x_train, y_train, x_test)",
     "object array": "holds Python objects, not numeric arrays",
-    "wrong shape": "(train): images have shape (20, 32, 32), expected (N, 28, 28)",
-    "label count": "(train): 20 images but labels of shape (21,)",
-    "nan pixels": "(test): 1 pixel values are NaN or infinite",
-    "pixel range": "(train): pixel values span [0, 510], expected [0, 1] or [0, 255]",
-    "labels outside 0-9": "(test): labels must be classes 0-9, found 10",
-    "fractional labels": "(train): labels must be whole numbers 0-9",
-    "string pixels": "(test): images must be numbers",
-    "no test images": "(test): no images",
+    "wrong shape": ": x_train: images have shape (20, 32, 32), expected (N, 28, 28)",
+    "label count": ": y_train: 20 images but labels of shape (21,)",
+    "nan pixels": ": x_test: 1 pixel values are NaN or infinite",
+    "pixel range": ": x_train: pixel value 256 in image 1 (",
+    "float pixel range": ": x_test: pixel value 1.0001 in image 7 (1 value(s) outside [0, 1]); "
+                         "float images must be in [0, 1]",
+    "negative float": ": x_train: pixel value -0.001 in image 0 (1 value(s) outside [0, 1])",
+    "labels outside 0-9": ": y_test: labels must be classes 0-9, found 10",
+    "fractional labels": ": y_train: labels must be whole numbers 0-9",
+    "string pixels": ": x_test: images must be numbers",
+    "no test images": ": x_test: no images",
 }
 
 
@@ -208,7 +218,12 @@ def test_static_binarization_is_seeded_bernoulli():
 
 
 def epochs_of(dataset, count):
-    return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(count)]
+    """The inputs of epochs 0 .. count - 1, as `fit` reads them (ResumableBackup sets `epoch`)."""
+    epochs = []
+    for epoch in range(count):
+        dataset.epoch = epoch
+        epochs.append(np.concatenate([x for x, _ in dataset]))
+    return epochs
 
 
 @pytest.mark.parametrize("binarization", ["none", "static", "dynamic"])
@@ -243,30 +258,41 @@ def test_pipeline_with_labels_gives_image_and_one_hot_inputs():
     (inputs, one_hot), targets = next(iter(train))
     np.testing.assert_array_equal(inputs, targets)
     assert one_hot.shape == (20, 10) and np.all(np.sum(one_hot, axis=1) == 1)
-    rows = inputs.numpy()[..., 0].max(axis=2).argmax(axis=1)   # which image each one is
+    rows = inputs[..., 0].max(axis=2).argmax(axis=1)   # which image each one is
     assert sorted(rows) != list(rows)                           # the batch was shuffled...
-    assert np.array_equal(one_hot.numpy().argmax(axis=1), rows % 10)  # ...with its labels
+    assert np.array_equal(one_hot.argmax(axis=1), rows % 10)  # ...with its labels
     (_, test_one_hot), _ = next(iter(test))
-    assert test_one_hot.numpy().argmax(axis=1).tolist() == list(range(10))
+    assert test_one_hot.argmax(axis=1).tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("offset", [0, 1])  # offset 1: an array that is a view into another
 def test_batches_gather_every_row_once_in_order_or_shuffled(offset):
     images = np.arange(10 * 3 + offset, dtype=np.float32)[offset:].reshape(10, 3)
     labels = np.arange(10)
-    in_order = [b.numpy() for b in datamod.batches(images, 4)]
+    in_order = list(datamod.batches(images, 4))
     assert [len(b) for b in in_order] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate(in_order), images)
 
-    def one_epoch(pipeline):
-        x, y = zip(*((x.numpy(), y.numpy()) for x, y in pipeline))
+    def epoch(batches, number):
+        batches.epoch = number
+        x, y = zip(*batches)
         return np.concatenate(x), np.concatenate(y)
 
     epochs = datamod.batches((images, labels), 4, seed=3)
-    first, second = one_epoch(epochs), one_epoch(epochs)
+    first, second = epoch(epochs, 0), epoch(epochs, 1)
     for x, y in (first, second):  # every row once, images still paired with their labels
         np.testing.assert_array_equal(x, images[y])
         assert sorted(y) == list(range(10))
     assert not np.array_equal(first[1], second[1])  # reshuffled every epoch
-    again = one_epoch(datamod.batches((images, labels), 4, seed=3))
+    np.testing.assert_array_equal(epoch(epochs, 0)[1], first[1])  # epoch 0 again: its order
+    again = epoch(datamod.batches((images, labels), 4, seed=3), 0)
     np.testing.assert_array_equal(again[1], first[1])  # and the same order for the same seed
+
+
+def test_a_file_is_what_dataset_says_and_unnamed_without_it(small_mnist_npz):
+    unnamed = load_dataset(path=small_mnist_npz)
+    assert unnamed.name is None and unnamed.title == "small_mnist.npz"
+    assert unnamed.class_names == [str(c) for c in range(10)]
+    named = load_dataset("fashion_mnist", path=small_mnist_npz)
+    assert named.title == "Fashion-MNIST" and named.class_names[0] == "T-shirt"
+    assert load_dataset().title == "MNIST"  # neither: MNIST, from the offline sample here

@@ -21,6 +21,7 @@ from conftest import assert_usage_error
 VAE, CVAE, AE, GREEDY = ("VariationalAutoEncoder_tf2", "ConditionalVAE", "AutoEncoder",
                          "GreedyPretraining")
 DAE, SPARSE, CAE = "StackedDenoisingAutoEncoder", "SparseAutoEncoder", "ContractiveAutoEncoder"
+VQVAE = "VQVAE"
 VAE_FIGURES = ["vae_latent_scatter.png", "vae_manifold.png", "vae_reconstructions.png",
                "vae_samples.png"]
 CVAE_FIGURES = ["cvae_digits.png", "cvae_style_transfer.png", "cvae_latent_scatter.png"]
@@ -57,6 +58,11 @@ CVAE_FIGURES = ["cvae_digits.png", "cvae_style_transfer.png", "cvae_latent_scatt
     (CAE, ["--hidden", "2001"], "--hidden: must be at most 2,000"),
     (CAE, ["--lambda", "1e30"], "--lambda: must be at most 1e+06"),
     (CAE, ["--lambda", "1e-40"], "--lambda: must lie within float32's range"),
+    (VQVAE, ["--codebook-size", "1"], "--codebook-size: must be at least 2"),
+    (VQVAE, ["--codebook-size", "1025"], "--codebook-size: must be at most 1,024"),
+    (VQVAE, ["--code-dim", "257"], "--code-dim: must be at most 256"),
+    (VQVAE, ["--beta", "1e30"], "--beta: must be at most 1e+06"),
+    (VQVAE, ["--prior-epochs", "0"], "--prior-epochs: must be a positive integer"),
 ])
 def test_values_beyond_what_a_lesson_can_honour_are_refused(lessons, tmp_path, capsys, name, argv,
                                                             message):
@@ -173,6 +179,25 @@ def test_denoising_at_the_ends_of_the_noise_factor(tiny_run, flags):
     assert done.results["noise_factor"] == float(flags[3])
     assert_figures(done.out / "figures", ["dae_noisy_inputs.png", "dae_denoised.png",
                                           "dae_psnr_vs_noise.png"])
+
+
+@pytest.mark.parametrize("flags", [
+    # The smallest codebook and code, one grey image in batches of one, no commitment term, and
+    # both remedies for dead codes at once.
+    ("--codebook-size", "2", "--code-dim", "1", "--limit", "1", "--batch-size", "1",
+     "--beta", "0", "--binarize", "none", "--ema", "--reseed-dead-codes"),
+    # The largest codebook and code: more codes than the 32 images have vectors to choose them.
+    ("--codebook-size", "1024", "--code-dim", "256", "--limit", "32"),
+])
+def test_vqvae_at_the_ends_of_its_codebook(tiny_run, flags):
+    done = tiny_run(VQVAE, *flags, "--epochs", "1", "--prior-epochs", "1")
+    assert_finite_numbers(done.results)
+    size = int(flags[1])
+    assert done.results["test_uniform_prior_nats"] == pytest.approx(49 * math.log(size))
+    assert 1 <= done.results["codes_used"] <= size
+    assert_figures(done.out / "figures", ["vqvae_reconstructions.png", "vqvae_code_grids.png",
+                                          "vqvae_codebook_usage.png", "vqvae_prior_samples.png",
+                                          "vqvae_uniform_samples.png"])
 
 
 @pytest.mark.parametrize("flags", [

@@ -75,10 +75,10 @@ class JudgeSeen(Exception):
 
 def images_in(inputs):
     """Every image array (..., 28, 28, 1) in what `fit` is given: a NumPy array, a nest of them,
-    or a tf.data pipeline (one epoch of it)."""
+    or `Batches` (one epoch of them)."""
     if inputs is None:
         return []
-    elements = inputs.as_numpy_iterator() if isinstance(inputs, tf.data.Dataset) else [inputs]
+    elements = inputs if isinstance(inputs, keras.utils.PyDataset) else [inputs]
     return [np.asarray(a) for element in elements for a in tf.nest.flatten(element)
             if np.ndim(a) == 4 and np.shape(a)[1:] == data.IMAGE_SHAPE]
 

@@ -162,3 +162,45 @@ def test_penalized_model_logs_the_unweighted_kl_beside_the_loss(tmp_path):
     loaded = keras.models.load_model(tmp_path / "vae.keras")
     assert type(loaded) is PenalizedModel
     assert [t.name for t in loaded.penalty_trackers] == ["kl_loss"]
+
+
+class Scaled(keras.layers.Layer):
+    """A penalty layer: adds weight * mean(x^2) and logs mean(x^2) under its own name."""
+
+    def __init__(self, penalty_name, weight, **kwargs):
+        super().__init__(**kwargs)
+        self.penalty_name, self.weight = penalty_name, weight
+
+    def call(self, x):
+        self.last_penalty = keras.ops.mean(keras.ops.square(x))
+        self.add_loss(self.weight * self.last_penalty)
+        return x
+
+
+def test_penalized_model_logs_every_penalty_layer_nested_ones_included():
+    inputs = keras.Input((3,))
+    inner_in = keras.Input((3,))
+    inner = keras.Model(inner_in, Scaled("second", 1.0)(keras.layers.Rescaling(2.0)(inner_in)),
+                        name="inner")
+    outputs = inner(Scaled("first", 1.0)(inputs))
+    model = PenalizedModel(inputs, outputs, name="two")
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((4, 3), "float32")
+    scores = model.evaluate(x, x, batch_size=4, verbose=0, return_dict=True)
+    assert scores["first"] == pytest.approx(1.0) and scores["second"] == pytest.approx(4.0)
+
+
+def test_steps_run_as_this_backend_runs_them_and_save_portably():
+    """jax.jit on JAX only: XLA on TensorFlow would change its kernels, and on PyTorch it is
+    slower (torch.compile), so both run without; several steps per call except on PyTorch."""
+    from common import runtime, training
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+    training.set_execution(model)
+    assert model.jit_compile is (runtime.BACKEND == "jax")
+    expected = 1 if runtime.BACKEND == "torch" else training.STEPS_PER_EXECUTION
+    assert model.steps_per_execution == expected
+    saved = model.get_compile_config()
+    assert saved["jit_compile"] is False and saved["steps_per_execution"] == 1

@@ -360,3 +360,76 @@ def test_notebook_runs_in_a_kernel(lesson, kernel_specs, small_mnist_npz, tmp_pa
     for source, cell in steps.items():
         if source.endswith(".summary()"):
             assert "Total params" in text_of(cell), f"no model summary under {source}"
+
+
+def test_in_a_kernel_refusals_are_one_line_and_a_failed_cell_ends_the_run(
+        kernel_specs, small_mnist_npz, tmp_path):
+    """What a notebook shows under a refused step, and who holds the lesson's folder after a
+    cell fails: the line alone (no traceback, no SystemExit), and nobody."""
+    from common import outputs
+    from common.errors import UsageError
+
+    lock, out = tmp_path / "checkpoints" / "VariationalAutoEncoder_tf2.lock", tmp_path
+    (tmp_path / "checkpoints").mkdir()
+    start = (f"args = lesson.parse_args(['--data', {str(small_mnist_npz)!r}, '--out', "
+             f"{str(out)!r}, '--limit', '64'])\n"
+             "run = outputs.start(args, lesson.SCRIPT_NAME, data.load_dataset(None, args.data))")
+    sources = [f"import os, sys\nos.chdir({str(ROOT)!r})\nsys.path.insert(0, {str(ROOT)!r})\n"
+               "import VariationalAutoEncoder_tf2 as lesson\nfrom common import data, outputs",
+               "lesson.parse_args(['--epochs', '0'])", start, start, "raise KeyboardInterrupt"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    client = NotebookClient(notebook, km=KernelManager(kernel_name=KERNEL,
+                                                       kernel_spec_manager=kernel_specs),
+                            timeout=CELL_TIMEOUT_S, allow_errors=True)
+
+    def error_of(index):
+        client.execute_cell(notebook.cells[index], index)
+        errors = [o for o in notebook.cells[index].outputs if o.output_type == "error"]
+        return errors[0] if errors else None
+
+    with client.setup_kernel():
+        assert error_of(0) is None
+        refused = error_of(1)
+        assert refused.ename == "UsageError" and refused.traceback == [
+            "error: argument --epochs: must be a positive integer, got '0' (see --help)"]
+        assert not any(o.get("name") == "stderr" for o in notebook.cells[1].outputs)
+        outputs.take_lock(lock, out)  # this process holds the folder: the kernel is refused
+        try:
+            refused = error_of(2)
+        finally:
+            outputs.release()
+        assert len(refused.traceback) == 1
+        assert refused.traceback[0].startswith("error: another run of this lesson (process ")
+        assert error_of(3) is None  # the kernel's run now holds the folder...
+        with pytest.raises(UsageError):
+            outputs.take_lock(lock, out)
+        assert error_of(4).ename == "KeyboardInterrupt"
+        outputs.take_lock(lock, out)  # ...until a cell fails: then it is free
+        outputs.release()
+
+
+def section_texts(source):
+    """Each section's comment block in a lesson (its rule, equation and prose), as words, read
+    from the source here, independently of the generator."""
+    blocks, block = [], None
+    for line in source.splitlines():
+        if line.startswith("# -- "):
+            block = [line[5:].rstrip("- ")]
+            blocks.append(block)
+        elif block is not None and line.startswith("#"):
+            block.append(line[1:].strip())
+        else:
+            block = None
+    return [" ".join(" ".join(block).split()) for block in blocks]
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_the_committed_notebook_holds_every_section_of_the_lesson_in_words(lesson):
+    source = (ROOT / f"{lesson}.py").read_text()
+    notebook = nbformat.read(generator.notebook_path(lesson), as_version=4)
+    words = " ".join(" ".join(cell.source.replace("## ", "").split())
+                     for cell in notebook.cells if cell.cell_type == "markdown")
+    sections = section_texts(source)
+    assert len(sections) >= 5
+    missing = [text[:60] for text in sections if text not in words]
+    assert not missing, f"sections whose text is not in the notebook: {missing}"

@@ -4,8 +4,10 @@ import argparse
 import fcntl
 import json
 import math
+import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -99,7 +101,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(t
     try:
         with pytest.raises(UsageError) as caught:
             outputs.open_folders(args_for(out), "Lesson")
-        assert "another run of this lesson (process 4242) is writing into" in str(caught.value)
+        assert ("another run of this lesson (process 4242, in a terminal or a notebook's "
+                "kernel) has not finished with") in str(caught.value)
         # Another lesson may write into the same folder at the same time.
         outputs.open_folders(args_for(out), "OtherLesson")
         outputs.release()
@@ -249,3 +252,16 @@ def test_write_results_refuses_non_finite_numbers_anywhere_and_accepts_undefined
     assert not path.exists()
     outputs.write_results(path, {"hoyer_sparsity": None, "loss": [1.5]})
     assert json.loads(path.read_text()) == {"hoyer_sparsity": None, "loss": [1.5]}
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_an_unwritable_out_says_whether_the_file_system_is_read_only(tmp_path, monkeypatch,
+                                                                      read_only):
+    mounted = types.SimpleNamespace(f_flag=os.ST_RDONLY if read_only else 0)
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(outputs.os, "statvfs", lambda path: mounted)
+    with pytest.raises(UsageError) as caught:
+        outputs.check_writable(tmp_path / "out")
+    reason = "read-only file system" if read_only else "permission denied"
+    assert str(caught.value) == (f"output folder {tmp_path / 'out'} cannot be written "
+                                 f"({tmp_path}: {reason})")

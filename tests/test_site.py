@@ -5,7 +5,7 @@ free port, `http.server` in a thread) and opens every page in headless Chromium 
 Selenium. A page fails when an image does not load, an equation is left as raw TeX, a link inside
 the site points nowhere, or the page asks any host but the local server for anything (read from
 Chromium's network log; every other host is also mapped to nowhere, so nothing leaves the
-machine). Needs Debian's `chromium` and `chromium-driver` and the packages of
+machine), or its console logs an error on a first visit. Needs Debian's `chromium` and `chromium-driver` and the packages of
 requirements-book.txt; without them it skips, with the reason, unless
 AUTOENCODERS_REQUIRE_SITE_TEST=1 (set by .ci/run), where it fails instead.
 """
@@ -50,6 +50,8 @@ LESSONS = {
     "lessons/dae.html": ("StackedDenoisingAutoEncoder", "dae_"),
     "lessons/sparse.html": ("SparseAutoEncoder", "sparse_"),
     "lessons/contractive.html": ("ContractiveAutoEncoder", "contractive_"),
+    "lessons/mae.html": ("MaskedAutoEncoder", "mae_"),
+    "lessons/vqvae.html": ("VQVAE", "vqvae_"),
 }
 CHAPTERS = ["index.html", "chapters/data.html", "chapters/command-line.html",
             "chapters/troubleshooting.html", "chapters/scaling.html", "chapters/layout.html"]
@@ -121,7 +123,7 @@ def browser():
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
     driver.set_script_timeout(PAGE_TIMEOUT_S)
@@ -197,6 +199,7 @@ def pages(site, server, browser):
     """Every page of the site, opened in the browser: {path: what it holds, and its traffic}."""
     found = {}
     _network(browser)  # drop the start-up's entries
+    browser.get_log("browser")
     for page in sorted(site.rglob("*.html")):
         path = page.relative_to(site).as_posix()
         if path.startswith("_static/"):
@@ -209,6 +212,9 @@ def pages(site, server, browser):
         browser.execute_async_script(_WAIT_FOR_PAGE)
         info = browser.execute_script(_INSPECT)
         info["requests"], info["responses"], info["failures"] = _network(browser)
+        info["console_errors"] = [entry["message"] for entry in browser.get_log("browser")
+                                  if entry["level"] == "SEVERE"]
+        browser.execute_script("localStorage.clear()")  # each page a reader's first visit
         found[path] = info
     return found
 
@@ -298,6 +304,12 @@ def test_no_page_asks_another_host_for_anything(pages, server):
     assert not foreign, f"requests to hosts other than the local server: {foreign}"
 
 
+def test_no_page_logs_a_console_error(pages):
+    errors = {path: info["console_errors"] for path, info in pages.items()
+              if info["console_errors"]}
+    assert not errors, f"errors in the browser's console: {errors}"
+
+
 def test_every_request_to_the_local_server_succeeds(pages, server):
     failed = {}
     for path, info in pages.items():
@@ -338,3 +350,101 @@ def test_every_lesson_page_links_its_script_and_its_notebook(pages, server):
         assert served, f"{path}: no link to notebooks/{script}.ipynb"
         with urllib.request.urlopen(served[0], timeout=10) as response:
             assert response.read() == notebook.read_bytes(), f"{served[0]} is not the notebook"
+
+
+# -- Code, search and the build ------------------------------------------------------------------
+
+def _open(browser, url):
+    browser.get(url)
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while browser.execute_script("return document.readyState") != "complete":
+        assert time.monotonic() < deadline, f"{url} did not finish loading"
+        time.sleep(0.05)
+
+
+def test_code_blocks_show_100_columns_at_1920px(server, browser):
+    """On a 1920 px wide window no code block on the VAE page scrolls sideways, nor would one
+    with a 100-column line (the lessons' widest)."""
+    browser.set_window_size(1920, 1080)
+    try:
+        _open(browser, f"{server}/lessons/vae.html")
+        assert browser.execute_script("return window.innerWidth") == 1920
+        blocks = browser.execute_script(r"""
+          const blocks = Array.from(document.querySelectorAll("pre"), pre =>
+            ({text: pre.textContent.slice(0, 60), scroll: pre.scrollWidth, width: pre.clientWidth}));
+          const probe = document.querySelector(".highlight pre");
+          probe.append("\n" + "W".repeat(100));
+          blocks.push({text: "a 100-column line", scroll: probe.scrollWidth, width: probe.clientWidth});
+          return blocks;""")
+    finally:
+        browser.set_window_size(1280, 1024)
+    assert len(blocks) > 1, "the VAE page should include its code"
+    wide = [block for block in blocks if block["scroll"] > block["width"]]
+    assert not wide, f"code blocks that scroll sideways at 1920 px: {wide}"
+
+
+# Once the results are listed, their summaries fetched, and MathJax done with them.
+_SEARCH_RESULTS = r"""
+const done = arguments[arguments.length - 1];
+const deadline = Date.now() + arguments[0] * 1000;
+const poll = () => {
+  const status = document.querySelector("#search-results .search-summary");
+  const items = Array.from(document.querySelectorAll("#search-results li"));
+  if (status && status.textContent && items.every(li => li.querySelector("p.context"))) {
+    const typeset = (window.MathJax && MathJax.startup && MathJax.startup.promise) || null;
+    Promise.resolve(typeset).then(() => done(items.map(li => ({
+      text: li.textContent, math: li.querySelectorAll("mjx-container").length}))));
+  } else if (Date.now() > deadline) done(null);
+  else setTimeout(poll, 50);
+};
+poll();
+"""
+
+
+def test_search_results_show_no_raw_tex(server, browser):
+    """A search's summaries quote the pages' text: their math is typeset, not raw \\( or \\[."""
+    browser.get_log("browser")
+    _open(browser, f"{server}/search.html?q=prior")
+    results = browser.execute_async_script(_SEARCH_RESULTS, PAGE_TIMEOUT_S - 5)
+    assert results, "the search for 'prior' listed no results with summaries"
+    raw = [result["text"] for result in results if re.search(r"\\[()\[\]]", result["text"])]
+    assert not raw, f"search results showing raw TeX: {raw}"
+    assert any(result["math"] for result in results), \
+        "no summary for 'prior' quotes a formula: search for a word next to one"
+    errors = [entry["message"] for entry in browser.get_log("browser")
+              if entry["level"] == "SEVERE"]
+    assert not errors, f"errors in the console of the search page: {errors}"
+
+
+def test_a_failed_make_site_leaves_the_last_site(tmp_path):
+    """`make site` builds into a folder beside site/ and replaces site/ only if the build
+    succeeds: here with a two-line book (a broken link, then none) in place of book/."""
+    if shutil.which("make") is None:
+        pytest.skip("make is missing")
+    book, out = tmp_path / "book", tmp_path / "site"
+    book.mkdir()
+    (book / "conf.py").write_text('extensions = ["myst_parser"]\n')
+    (book / "index.md").write_text("# A book\n\nA link to {doc}`nowhere`.\n")
+    out.mkdir()
+    (out / "index.html").write_text("the last good build")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def make_site():
+        return subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed-book", "-o", ".venv/.installed", "site",
+             f"BOOK_DIR={book}", f"SITE_DIR={out}", f"PY={sys.executable}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    failed = make_site()
+    assert failed.returncode != 0, "the build of a book with a broken link should fail"
+    assert "nowhere" in failed.stderr, failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book", "site"], \
+        "the failed build should leave no folder behind"
+    assert [p.name for p in out.iterdir()] == ["index.html"], "the failed build changed site/"
+    assert (out / "index.html").read_text() == "the last good build"
+    (book / "index.md").write_text("# A book\n")
+    built = make_site()
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "A book" in (out / "index.html").read_text(), "the good build should replace site/"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book", "site"]

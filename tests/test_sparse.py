@@ -150,7 +150,8 @@ def test_with_no_penalty_asked_only_the_baseline_is_trained_and_reported(capsys)
     results = comparison.side_by_side(trained, "none", "none")
     assert results == {"baseline_hoyer_sparsity": None, "baseline_epochs_trained": 2,
                        "baseline_final_train_loss": 2.0, "baseline_train_seconds": 0.75,
-                       "baseline_seconds_per_epoch": 0.375, "baseline_epoch_seconds": [0.5, 0.25]}
+                       "baseline_seconds_per_epoch": 0.375, "baseline_epoch_seconds": [0.5, 0.25],
+                       "baseline_resumed_after_epoch": None}
     assert comparison.saved_models("sparse", trained) == {
         "sparse_none": "ae", "sparse_none_encoder": "enc", "sparse_none_decoder": "dec"}
     comparison.print_table("heading", {"penalized": "KL", "baseline": "no penalty"},

@@ -17,6 +17,7 @@ import pytest
 
 from common import outputs
 from common.errors import Diverged
+from common.training import Fitted
 from common.training import ResumableBackup
 from common.training import StopOnDivergence
 
@@ -55,7 +56,7 @@ def tiny_model(learning_rate=0.05):
 
 def fit(model, x, *, y, epochs, backup_dir, callbacks=(), validation_data=None, **kwargs):
     """`model.fit` with the callbacks as every lesson passes them; the `Fitted` it leaves."""
-    backup = ResumableBackup(backup_dir)
+    backup = ResumableBackup(backup_dir, x)
     stop = StopOnDivergence(model, validation_data or (x, y))
     model.fit(x, y, epochs=epochs, validation_data=validation_data,
               callbacks=[stop, backup, *callbacks], **kwargs)
@@ -256,5 +257,14 @@ def test_backups_are_ordered_by_epoch_number_past_five_digits(tmp_path):
 
     for name in ("epoch-99999", "epoch-100000", "epoch-00007", "epoch-notes"):
         (tmp_path / name).mkdir()
-    assert [p.name for p in ResumableBackup(tmp_path)._backups()] == [
+    assert [p.name for p in ResumableBackup(tmp_path, None)._backups()] == [
         "epoch-100000", "epoch-99999", "epoch-00007"]
+
+
+def test_the_reported_final_loss_is_the_last_epochs():
+    fitted = Fitted({"loss": [3.0, 2.0, 1.5]}, [1.0, 2.0, 4.0], resumed_after=1)
+    results = fitted.results()
+    assert results["final_train_loss"] == 1.5 and results["epochs_trained"] == 3
+    assert results["train_seconds"] == 7.0 and results["seconds_per_epoch"] == 2.0
+    assert results["resumed_after_epoch"] == 1
+    assert Fitted({"loss": [1.0]}, [1.0]).results()["resumed_after_epoch"] is None

@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -218,7 +219,10 @@ def test_a_full_disk_while_saving_a_model_leaves_the_previous_run_whole(
 # -- Signals and streams -----------------------------------------------------------------------
 
 def _environment():
-    return dict(os.environ, AUTOENCODERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    """A user's environment: without the TF_CPP_MIN_LOG_LEVEL that importing TensorFlow set in
+    this process, which asks a child for TensorFlow's start-up notes."""
+    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return dict(inherited, AUTOENCODERS_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def test_sigterm_at_an_epoch_boundary_is_ctrl_c_with_status_143_and_resumes(
@@ -243,6 +247,9 @@ def test_sigterm_at_an_epoch_boundary_is_ctrl_c_with_status_143_and_resumes(
                            *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
                           env=_environment(), timeout=300)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    # No TensorFlow log line (TensorFlow looks for a GPU in every run: on a machine with CUDA's
+    # libraries and none, that prints "failed call to cuInit" unless it is muted).
+    assert not [line for line in done.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
     assert done.stderr.strip().splitlines()[-1] == (
         f"{NAME}.py: terminated (SIGTERM); run the same command again to resume from the last "
         "finished epoch")
@@ -314,3 +321,48 @@ def test_an_out_whose_models_folder_cannot_be_written_creates_nothing(lessons, t
     assert_usage_error(lessons[NAME].main, f"{NAME}.py", ["--out", str(out)], tmp_path, capsys,
                        f"output folder {out} cannot be written ({out / 'models'} is a file)")
     assert [p.name for p in out.iterdir()] == ["models"]  # no figures/ or results/ made
+
+
+# -- A resumed run is the uninterrupted run ------------------------------------------------------
+
+def comparable(results):
+    """The results without what differs between two runs of the same command: the clock, and
+    whether it was resumed."""
+    if isinstance(results, dict):
+        return {k: comparable(v) for k, v in results.items()
+                if "seconds" not in k and not k.endswith("resumed_after_epoch")}
+    return results
+
+
+def model_arrays(out):
+    """Every saved model's weights, by model file."""
+    return {path.name: [np.asarray(w) for w in keras.models.load_model(path).weights]
+            for path in sorted((out / "models").glob("*.keras"))}
+
+
+@pytest.mark.every_backend
+def test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit(
+        lessons, small_mnist_npz, tmp_path, capsys, killed_after_epoch):
+    """The VAE draws from everything a run can draw from: the shuffle, each epoch's binarization
+    and its layer's seed generator (z)."""
+    epoch = 1
+    argv = lambda out: vae_argv(small_mnist_npz, out)  # noqa: E731
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert run_main(lessons[NAME].main, argv(straight), capsys)[0] == 0
+    undo = killed_after_epoch(epoch)
+    assert run_main(lessons[NAME].main, argv(interrupted), capsys)[0] == 130
+    undo.undo()
+    status, _, err = run_main(lessons[NAME].main, argv(interrupted), capsys)
+    assert status == 0 and resumed(err), err
+    results = [json.loads((out / "results" / f"{NAME}.json").read_text())
+               for out in (straight, interrupted)]
+    assert results[0]["resumed_after_epoch"] is None
+    assert results[1]["resumed_after_epoch"] == epoch
+    assert comparable(results[1]) == comparable(results[0])
+    for (name, a), (_, b) in zip(*(model_arrays(out).items() for out in (straight,
+                                                                          interrupted))):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    figures = [{path: data for path, data in snapshot(out).items() if path.parts[0] == "figures"}
+               for out in (straight, interrupted)]
+    assert figures[0] and figures[1] == figures[0]

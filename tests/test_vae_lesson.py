@@ -1,5 +1,6 @@
 """The VAE lesson: its flags, its model, and a tiny run scored, saved and reloaded."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def tiny(tiny_run):
     (["--beta", "inf"], "--beta: must be a number >= 0, got 'inf'"),
     (["--binarize", "sometimes"], "invalid choice: 'sometimes'"),
     (["--data", "no/such/mnist.npz"], "no such file: no/such/mnist.npz"),
+    (["--data", "tests"], "tests is a folder; give the .npz file in it"),
     (["--out", None], "cannot be written"),
 ])
 def test_bad_values_stop_with_one_line_and_status_2(lesson, tmp_path, capsys, argv, message):
@@ -126,6 +128,7 @@ def test_tiny_run_scores_the_binarized_test_split(tiny):
         assert key in results, key
     assert results["train_examples"] == 600 and results["test_examples"] == 200
     assert results["binarize"] == "dynamic" and results["epochs_trained"] == 1
+    assert results["dataset"] == "small_mnist.npz"  # --data without --dataset: the file's name
     assert results["test_nll_iwae_nats"] <= results["test_neg_elbo_nats"]
     assert results["test_neg_elbo_nats"] == pytest.approx(
         results["test_reconstruction_nats"] + results["test_kl_nats"])
@@ -176,3 +179,43 @@ def test_the_reconstruction_loss_is_the_bernoulli_nll_summed_over_pixels(lesson)
     # -log sigmoid(0) - log(1 - sigmoid(log 3)) = log 2 + log 4
     nll = keras.ops.convert_to_numpy(lesson.bernoulli_nll(x, logits))
     np.testing.assert_allclose(nll, [np.log(2.0) + np.log(4.0)], rtol=1e-6)
+
+
+def test_only_the_default_settings_write_the_committed_outputs(lesson, tmp_path, capsys):
+    """A run without --out writes the repository's figures/ and results/ with the lesson's
+    defaults (what `make figures` runs), and runs/<lesson>/ with anything else, saying so."""
+    from common import outputs
+
+    assert lesson.parse_args([]).out == ROOT
+    assert lesson.parse_args(["--tensorboard"]).out == ROOT  # logs: not a setting
+    assert not outputs.default_out_note
+    trial = lesson.parse_args(["--limit", "256", "--epochs", "1"])
+    assert trial.out == ROOT / "runs" / NAME
+    assert outputs.default_out_note.startswith(
+        f"outputs: {ROOT / 'runs' / NAME} (--epochs, --limit differ from the lesson's defaults")
+    outputs.default_out_note = ""
+    assert lesson.parse_args(["--limit", "256", "--out", str(tmp_path)]).out == tmp_path
+    assert "runs/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_reported_nats_are_those_of_the_test_images_binarized_with_seed_plus_1(
+        lesson, tiny, small_mnist_npz):
+    """Scored again from the saved models, on the test split binarized here (one Bernoulli draw
+    per pixel, NumPy's generator seeded with --seed + 1): the same numbers; on the grey images,
+    or on another draw, not."""
+    args = argparse.Namespace(**tiny.results)
+    small_data = data.load_dataset("mnist", path=small_mnist_npz)
+    encoder, decoder = (keras.models.load_model(tiny.out / "models" / f"vae_{part}.keras")
+                        for part in ("encoder", "decoder"))
+
+    def drawn(seed):
+        rng = np.random.default_rng(seed)
+        uniform = rng.random(small_data.x_test.shape, dtype=np.float32)
+        return (uniform < small_data.x_test).astype(np.float32)
+
+    scores = lesson.evaluate(encoder, decoder, drawn(args.seed + 1), args)
+    for key, value in scores.items():
+        assert tiny.results[key] == pytest.approx(value, rel=1e-5), key
+    for other in (small_data.x_test, drawn(args.seed)):
+        elsewhere = lesson.evaluate(encoder, decoder, other, args)["test_neg_elbo_nats"]
+        assert elsewhere != pytest.approx(tiny.results["test_neg_elbo_nats"], rel=1e-5)
