@@ -198,7 +198,12 @@ def _network(driver):
 def pages(site, server, browser):
     """Every page of the site, opened in the browser: {path: what it holds, and its traffic}."""
     found = {}
-    _network(browser)  # drop the start-up's entries
+    # The browser's own start-up requests (about:blank, its background fetches) are no page's:
+    # one of them can fail after the first page has opened, so their ids are remembered and
+    # their failures dropped. Every other failure is reported with the URL it was for, even
+    # when its request was logged with an earlier page.
+    startup, _, _ = _network(browser)
+    urls = {}
     browser.get_log("browser")
     for page in sorted(site.rglob("*.html")):
         path = page.relative_to(site).as_posix()
@@ -211,7 +216,11 @@ def pages(site, server, browser):
             time.sleep(0.05)
         browser.execute_async_script(_WAIT_FOR_PAGE)
         info = browser.execute_script(_INSPECT)
-        info["requests"], info["responses"], info["failures"] = _network(browser)
+        requests, info["responses"], failures = _network(browser)
+        urls.update(requests)
+        info["requests"] = requests
+        info["failures"] = {request: (urls.get(request, "?"), error)
+                            for request, error in failures.items() if request not in startup}
         info["console_errors"] = [entry["message"] for entry in browser.get_log("browser")
                                   if entry["level"] == "SEVERE"]
         browser.execute_script("localStorage.clear()")  # each page a reader's first visit
@@ -315,8 +324,7 @@ def test_every_request_to_the_local_server_succeeds(pages, server):
     for path, info in pages.items():
         bad = [(url, status) for url, status in info["responses"].values()
                if _local(url, server) and status not in (200, 304)]
-        bad += [(info["requests"].get(request, "?"), error)
-                for request, error in info["failures"].items()]
+        bad += list(info["failures"].values())
         if bad:
             failed[path] = bad
     assert not failed, f"requests for fonts, scripts, styles or images that failed: {failed}"
