@@ -12,6 +12,9 @@ import pytest
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench  # noqa: E402
+
 
 def test_bench_times_a_lesson_against_plain_keras(small_mnist_npz, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data",
@@ -19,12 +22,17 @@ def test_bench_times_a_lesson_against_plain_keras(small_mnist_npz, tmp_path):
                            "tensorflow", "--rounds", "1", "--epochs", "2", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results" / "bench.json").read_text())
+    results = _this_machine(tmp_path)
     assert results["machine"]["cores"] >= 1 and results["machine"]["tensorflow"]
     assert results["machine"]["jax"] and results["machine"]["torch"]
     assert list(results["lessons"]["sparse"]) == ["tensorflow"]
-    assert results["targets"] == {}  # they are the VAE's
+    assert set(results["targets"]) == {"help_tensorflow"}  # the speed targets are the VAE's
     row = results["lessons"]["sparse"]["tensorflow"]
+    assert results["targets"]["help_tensorflow"]["value"] == row["help_seconds"] > 0
+    lesson = row["lesson"]
+    assert 0 < lesson["seconds_to_first_epoch"] < lesson["wall_seconds"]
+    assert lesson["seconds_to_first_epoch"] + sum(map(sum, lesson["runs"][0]["epoch_seconds"])) \
+        < lesson["wall_seconds"]
     for kind in ("lesson", "plain_keras"):
         run, = row[kind]["runs"]
         assert run["models"] == 2  # the penalized network and the baseline
@@ -41,10 +49,13 @@ def test_bench_times_a_lesson_against_plain_keras(small_mnist_npz, tmp_path):
 def test_bench_times_the_vae_on_two_backends_against_plain_pytorch(small_mnist_npz, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data",
                            str(small_mnist_npz), "--lessons", "vae", "--backends", "tensorflow",
-                           "torch", "--rounds", "1", "--epochs", "2", "--out", str(tmp_path)],
+                           "torch", "--rounds", "1", "--epochs", "2", "--out", str(tmp_path),
+                           # the default run's timing, on a tiny run rather than the 50 epochs
+                           "--default-run-flags=--limit 300 --epochs 2 --iwae-samples 1 "
+                           "--no-mean-comparison"],
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]  # even with a target missed
-    results = json.loads((tmp_path / "results" / "bench.json").read_text())
+    results = _this_machine(tmp_path)
     assert results["backends"] == ["tensorflow", "torch"]
     assert len(results["load_average"]["start"]) == len(results["load_average"]["end"]) == 3
     rows = results["lessons"]["vae"]
@@ -63,9 +74,21 @@ def test_bench_times_the_vae_on_two_backends_against_plain_pytorch(small_mnist_n
     assert pytorch["images_per_second"] == pytest.approx(600 / pytorch["seconds_per_epoch"])
     assert 0.1 < pytorch["peak_memory_gib"] < 8
 
-    # The targets whose runs were made, and not JAX's.
+    # The default run: its wall time against its training (two epochs here), on both backends.
+    for backend in ("tensorflow", "torch"):
+        default = rows[backend]["default_run"]
+        run, = default["runs"]
+        assert 0 < run["training_seconds"] < run["seconds_to_first_epoch"] + \
+            run["training_seconds"] < run["wall_seconds"]
+        assert default["ratio"] == pytest.approx(run["wall_seconds"] / run["training_seconds"])
+
+    # The targets whose runs were made, and not JAX's; a default run's only on TensorFlow (and
+    # JAX), one round has no spread.
     targets = results["targets"]
-    assert set(targets) == {"vae_torch_vs_tensorflow", "vae_tensorflow_vs_plain_pytorch"}
+    assert set(targets) == {"vae_torch_vs_tensorflow", "vae_tensorflow_vs_plain_pytorch",
+                            "vae_default_run_tensorflow", "help_tensorflow", "help_torch"}
+    assert targets["vae_default_run_tensorflow"]["value"] == \
+        rows["tensorflow"]["default_run"]["ratio"]
     seconds = lambda row: row["seconds_per_epoch"]  # noqa: E731
     expected = {  # key -> (what is timed, against what, the target, its line's start)
         "vae_torch_vs_tensorflow": (seconds(rows["torch"]["lesson"]),
@@ -83,7 +106,34 @@ def test_bench_times_the_vae_on_two_backends_against_plain_pytorch(small_mnist_n
         assert f"{target['ratio']:5.2f}" in line
         assert line.endswith("  met" if target["met"] else "  missed"), line
     missed = [key for key, target in targets.items() if not target["met"]]
-    assert ("speed targets missed" in done.stdout) == bool(missed)
+    assert ("targets missed" in done.stdout) == bool(missed)
+
+
+def _this_machine(out):
+    """This machine's entry of OUT/results/bench.json, the only one there."""
+    machines = json.loads((out / "results" / "bench.json").read_text())["machines"]
+    (key, results), = machines.items()
+    assert key == bench.kind_key(results["machine"]) and results["machine"]["kind"]
+    return results
+
+
+def test_bench_keeps_one_entry_per_kind_of_machine(tmp_path):
+    path = tmp_path / "results" / "bench.json"
+    amd = {"machine": {"kind": "AMD EPYC, AVX-512"}, "lessons": {"vae": 1}}
+    intel = {"machine": {"kind": "Intel Xeon Platinum 8375C, AVX-512"}, "lessons": {"vae": 2}}
+    bench.write(path, amd)
+    bench.write(path, intel)
+    bench.write(path, {**amd, "lessons": {"vae": 3}})  # a rerun replaces its own kind's entry
+    machines = json.loads(path.read_text())["machines"]
+    assert machines == {"amd_epyc_avx_512": {**amd, "lessons": {"vae": 3}},
+                        "intel_xeon_platinum_8375c_avx_512": intel}
+
+
+def test_bench_names_the_kind_of_machine():
+    info = bench.machine()
+    assert info["kind"].startswith(info["cpu"].split()[0].replace("(R)", ""))
+    assert info["kind"].endswith(("AVX-512", "AVX2", "AVX", "no AVX"))
+    assert ("AVX-512" in info["vector_extensions"]) == info["kind"].endswith("AVX-512")
 
 
 def test_bench_refuses_too_few_epochs():
