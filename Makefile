@@ -3,8 +3,10 @@
 # site` builds the book into site/, `make bench` times the lessons against plain Keras. Each
 # target first creates .venv from requirements.txt, again whenever requirements.txt is newer
 # than the last install; `make notebooks` and `make site` also install requirements-notebooks.txt
-# and requirements-book.txt, each with a stamp of its own; `make backends` installs JAX and
-# PyTorch (requirements-backends.txt), and `make test` installs all four.
+# and requirements-book.txt, each with a stamp of its own, and `make site` the ONNX exporters
+# (requirements-export.txt) and, with npm, ONNX Runtime Web (book/package-lock.json) for the
+# latent explorers; `make backends` installs JAX and PyTorch (requirements-backends.txt), and
+# `make test` installs all of them.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,6 +15,8 @@ INSTALLED := $(VENV)/.installed
 NOTEBOOKS_INSTALLED := $(VENV)/.installed-notebooks
 BOOK_INSTALLED := $(VENV)/.installed-book
 BACKENDS_INSTALLED := $(VENV)/.installed-backends
+EXPORT_INSTALLED := $(VENV)/.installed-export
+ORT_INSTALLED := book/node_modules/.package-lock.json
 
 .PHONY: vae dae cvae sparse contractive ae pretrain mae vqvae test test-fast figures notebooks site bench backends clean
 
@@ -50,7 +54,8 @@ vqvae: $(INSTALLED)
 # every lesson on JAX and PyTorch too.
 # Two workers (pytest-xdist), each taking whole modules: on 2 CPU cores much of a test is waiting
 # on a child process or a kernel, and the slowest modules run side by side.
-test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED)
+test: $(INSTALLED) $(NOTEBOOKS_INSTALLED) $(BOOK_INSTALLED) $(BACKENDS_INSTALLED) \
+		$(EXPORT_INSTALLED) $(ORT_INSTALLED)
 	$(PY) -m pytest -n 2 --dist loadscope
 
 # The inner loop, under 3 minutes on 2 CPU cores: the unit tests (on TensorFlow), the notebooks'
@@ -73,14 +78,38 @@ notebooks: $(NOTEBOOKS_INSTALLED)
 # lessons, figures from figures/, the notebooks are copied in as downloads, and MathJax comes
 # bundled. Read it with `python -m http.server -d site`. It builds into site.new and replaces
 # site/ only when the build succeeds: a failed build leaves the last good site/ as it was.
-# (tests/test_site.py runs this recipe with BOOK_DIR and SITE_DIR set to a small book of its own.)
+# The VAE and CVAE chapters' latent explorers run the lessons' decoders in the page:
+# scripts/build_explorer.py exports them to ONNX, with the test digits' codes, into
+# EXPLORER_DATA, and the book copies those and ONNX Runtime Web into the site. Their models come
+# from models/ (make vae, make cvae and make figures write it); for a lesson it lacks, as on a
+# fresh clone, the lesson is first trained with its defaults into build/lessons/ (about a minute
+# and a half each on 2 CPU cores), which leaves the committed figures/ and results/ alone.
+# EXPLORER_MODELS="DIR/models models" takes each lesson's models from the first of those folders
+# that has them (here a run with --out DIR), and trains nothing; where none has them, the book
+# is built without that explorer, and its chapter says how to get one. (tests/test_site.py runs
+# this recipe with BOOK_DIR and SITE_DIR set to a small book of its own.)
 BOOK_DIR := book
 SITE_DIR := site
-site: $(BOOK_INSTALLED)
+EXPLORER_MODELS := models build/lessons/models
+EXPLORER_DATA := build/explorer
+ifeq ($(origin EXPLORER_MODELS),file)
+EXPLORER_TRAINED := \
+	$(if $(wildcard models/vae_decoder.keras),,build/lessons/models/vae_decoder.keras) \
+	$(if $(wildcard models/cvae_decoder.keras),,build/lessons/models/cvae_decoder.keras)
+endif
+site: $(BOOK_INSTALLED) $(EXPORT_INSTALLED) $(ORT_INSTALLED) $(EXPLORER_TRAINED)
 	rm -rf $(SITE_DIR).new
-	$(PY) -m sphinx -b html -E -W --keep-going -q $(BOOK_DIR) $(SITE_DIR).new \
+	$(PY) scripts/build_explorer.py --models $(EXPLORER_MODELS) --out $(EXPLORER_DATA)
+	AUTOENCODERS_EXPLORER_DATA=$(EXPLORER_DATA) \
+		$(PY) -m sphinx -b html -E -W --keep-going -q $(BOOK_DIR) $(SITE_DIR).new \
 		|| { rm -rf $(SITE_DIR).new; exit 1; }
 	rm -rf $(SITE_DIR) && mv $(SITE_DIR).new $(SITE_DIR)
+
+# The lessons the explorers need, trained with their defaults where models/ has none.
+build/lessons/models/vae_decoder.keras: | $(INSTALLED)
+	$(PY) VariationalAutoEncoder_tf2.py --out build/lessons
+build/lessons/models/cvae_decoder.keras: | $(INSTALLED)
+	$(PY) ConditionalVAE.py --out build/lessons
 
 # JAX and PyTorch, for KERAS_BACKEND=jax or torch (the book, Backends).
 backends: $(BACKENDS_INSTALLED)
@@ -91,7 +120,7 @@ backends: $(BACKENDS_INSTALLED)
 bench: $(INSTALLED) $(BACKENDS_INSTALLED)
 	$(PY) benchmarks/bench.py
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt requirements-core.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
@@ -109,5 +138,17 @@ $(BACKENDS_INSTALLED): requirements-backends.txt | $(INSTALLED)
 	$(PY) -m pip install --disable-pip-version-check -r requirements-backends.txt
 	touch $@
 
+$(EXPORT_INSTALLED): requirements-export.txt | $(INSTALLED)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-export.txt
+	touch $@
+
+# ONNX Runtime Web, as book/package-lock.json pins it, into book/node_modules (npm writes the
+# stamp, node_modules/.package-lock.json, itself); its install scripts are not needed.
+$(ORT_INSTALLED): book/package.json book/package-lock.json
+	@command -v npm >/dev/null || { echo "make: the book's latent explorers need ONNX Runtime \
+	Web from npm, and npm is not installed (apt-get install nodejs npm)" >&2; exit 1; }
+	cd book && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
 clean:
-	rm -rf $(VENV) models checkpoints site site.new .pytest_cache
+	rm -rf $(VENV) models checkpoints site site.new build book/node_modules .pytest_cache

@@ -6,9 +6,11 @@ are copied in as downloads (`{download}`). MathJax is the copy that the sphinx-m
 package bundles, served from _static/mathjax/. The theme bundles its own fonts and scripts, so a
 page asks no host but its own for anything. Every measured number on a page is read from
 results/*.json as the book builds: {result}`VariationalAutoEncoder_tf2.train_seconds:.1f` (the
-extension _ext/results.py, whose docstring gives the syntax).
+extension _ext/results.py, whose docstring gives the syntax). The VAE and CVAE chapters hold a
+latent explorer, their decoder run in the page by ONNX Runtime Web (_ext/explorer.py).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,8 +25,14 @@ extensions = [
     "myst_parser",
     "sphinx-mathjax-offline",  # sets mathjax_path to its bundled MathJax 3 and copies it
     "results",  # _ext/results.py: the role {result}`File.key:format`, from results/*.json
+    "explorer",  # _ext/explorer.py: the directive {latent-explorer}, a decoder run in the page
 ]
 results_dir = str(BOOK.parent / "results")  # every *.json in it, loaded when the build starts
+# What the latent explorers need: the data scripts/build_explorer.py writes (`make site` runs
+# it), and ONNX Runtime Web, which `make site` installs from npm into book/node_modules.
+explorer_data = os.environ.get("AUTOENCODERS_EXPLORER_DATA",
+                               str(BOOK.parent / "build" / "explorer"))
+explorer_ort = str(BOOK / "node_modules" / "onnxruntime-web" / "dist")
 
 myst_enable_extensions = [
     "dollarmath",  # $...$ and $$...$$
@@ -34,7 +42,7 @@ myst_enable_extensions = [
 myst_heading_anchors = 3
 # The theme's own Markdown: only the book's pages, not the README or the notebooks.
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "node_modules"]  # node_modules: ONNX Runtime Web's package
 
 html_theme = "sphinx_book_theme"
 html_title = project

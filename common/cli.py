@@ -57,7 +57,7 @@ class Parser(argparse.ArgumentParser):
         setting, runs/<Script>/, which git ignores, so that a trial never replaces them."""
         defaults = vars(super().parse_args([]))
         changed = [f"--{k.replace('_', '-')}" for k, v in vars(parsed).items()
-                   if k not in ("out", "tensorboard") and v != defaults.get(k)]
+                   if k not in ("out", "tensorboard", "export") and v != defaults.get(k)]
         if not changed:
             return ROOT
         folder = ROOT / "runs" / pathlib.Path(self.prog).stem
@@ -124,6 +124,14 @@ def output_folder(text):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def export_format(text):
+    """An argparse type: "onnx", if this backend can export to ONNX with what is installed."""
+    try:
+        return outputs.check_export(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def existing_file(text):
     path = pathlib.Path(text)
     if path.is_dir():
@@ -176,6 +184,9 @@ def base_parser(script, epochs, batch_size, learning_rate):
                         help="write DIR/figures, DIR/results and DIR/models (default: the "
                              "repository with the lesson's default settings, runs/<lesson>/ "
                              "with any other)")
+    shared.add_argument("--export", type=export_format, metavar="onnx",
+                        help="also write each model as DIR/models/<name>.onnx (on TensorFlow or "
+                             "PyTorch; pip install -r requirements-export.txt)")
     scaling = parser.add_argument_group("scaling up (see the book, Scaling up)")
     scaling.add_argument("--distribute", choices=runtime.DISTRIBUTIONS, default="none",
                          help="train on one device, mirrored over this machine's GPUs, or on "

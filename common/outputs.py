@@ -1,4 +1,5 @@
 """Where a lesson writes: DIR/figures, DIR/results/<Script>.json, DIR/models, DIR/checkpoints.
+With --export onnx, DIR/models also holds an ONNX copy of each model beside its .keras file.
 
 A run's results, models and figures are staged in hidden folders and moved into place together,
 through a list of moves (DIR/checkpoints/<Script>.commit.json) that the next run completes if a
@@ -11,7 +12,9 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import json
+import logging
 import math
 import os
 import pathlib
@@ -19,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -58,6 +62,7 @@ class Run:
     chief: bool = True
     checkpoints_used: list = dataclasses.field(default_factory=list)
     final: dict = dataclasses.field(default_factory=dict)  # "figures" -> DIR/figures, ...
+    export: str | None = None  # "onnx": each model is also written as <name>.onnx (--export)
 
     def checkpoint(self, model_name, model):
         """DIR/checkpoints/<Script>-<model_name>-<identity>: the identity hashes the run's
@@ -76,13 +81,23 @@ class Run:
         write_results(self.results / f"{self.script}.json", results)
 
     def finish(self, results=None, **models):
-        """Write the results and each model (<name>.keras), move them and the figures into place
-        together, discard the run's checkpoints and release DIR."""
+        """Write the results and each model (<name>.keras, and <name>.onnx with --export onnx),
+        move them and the figures into place together, discard the run's checkpoints and
+        release DIR."""
         if results is not None:
             self.write_results(results)
         for name, model in models.items():
             save_model(model, self.models / f"{name}.keras")
+            if self.export == "onnx":
+                try:
+                    export_onnx(model, self.models / f"{name}.onnx")
+                except NotExportable as err:
+                    print(f"note: {name}.keras has no ONNX copy: {err}", file=sys.stderr)
         if self.chief:
+            for name in models:  # an earlier run's ONNX copy would not match the new model
+                if not (self.models / f"{name}.onnx").exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.final["models"] / f"{name}.onnx").unlink()
             commit(self.checkpoints / f"{self.script}.commit.json",
                    [(getattr(self, kind), self.final[kind]) for kind in STAGED])
             for folder in self.checkpoints_used:
@@ -189,7 +204,8 @@ def _read_only(folder):
 
 # Flags that do not change what is trained, so a rerun with another value resumes. --data is
 # the path of a file: its content (`Dataset.fingerprint`) is what counts, wherever it lies.
-NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard", "data", "mean_comparison")
+NOT_SETTINGS = ("epochs", "out", "distribute", "tensorboard", "data", "mean_comparison",
+                "export")
 
 
 def settings_digest(args, dataset=None):
@@ -207,6 +223,9 @@ def start(args, script, dataset):
     """Begin a run, once the flags and data are checked (bad input creates nothing):
     `open_folders`, then `runtime.setup`, which prints the `device:` line."""
     runtime.check_batches(args, dataset)
+    if getattr(args, "export", None) and getattr(args, "mixed_precision", False):
+        raise UsageError("--export onnx needs float32 models, and --mixed-precision computes in "
+                         "float16 or bfloat16: drop one of them")
     run = open_folders(args, script, settings_digest(args, dataset),
                        results_header(args, dataset))
     runtime.setup(args)
@@ -222,7 +241,8 @@ def open_folders(args, script, digest="default", header=None):
     if not runtime.is_chief(args):
         root = _scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{script}-worker-"))
         run = Run(root, root / "figures", root / "results", root / "models",
-                  pathlib.Path(args.out) / "checkpoints", script, digest, header, chief=False)
+                  pathlib.Path(args.out) / "checkpoints", script, digest, header, chief=False,
+                  export=getattr(args, "export", None))
         for kind in STAGED:
             getattr(run, kind).mkdir()
         return run
@@ -248,7 +268,8 @@ def open_folders(args, script, digest="default", header=None):
     staging = {kind: make_staging_folder(root / kind, script) for kind in STAGED}
     return Run(root, staging["figures"], staging["results"], staging["models"],
                root / "checkpoints", script, digest, header,
-               final={kind: root / kind for kind in STAGED})
+               final={kind: root / kind for kind in STAGED},
+               export=getattr(args, "export", None))
 
 
 # -- One run of a lesson at a time in one folder ---------------------------------------------------
@@ -501,6 +522,114 @@ def weights_bytes(model):
     if getattr(model, "optimizer", None) is not None:
         variables += list(model.optimizer.variables)
     return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+# -- ONNX copies of the models (--export onnx) -----------------------------------------------------
+# Keras's `model.export(path, format="onnx")` converts the model's forward pass: on TensorFlow
+# with tf2onnx, on PyTorch with torch.onnx. On JAX it goes through jax2onnx, which brings Flax and
+# its checkpointing libraries with it; a model saved on JAX loads on the other two, to export there.
+
+ONNX_EXPORTERS = {"tensorflow": ("onnx", "tf2onnx"), "torch": ("onnx",)}  # modules each needs
+ONNX_CONVERTERS = {"tensorflow": "tf2onnx", "torch": "torch.onnx"}
+ONNX_TOLERANCE = 1e-4  # ONNX Runtime against Keras, relative and absolute: float32 round-off
+
+
+class NotExportable(Exception):
+    """A model that ONNX cannot express here, or whose ONNX copy computes something else."""
+
+
+def check_export(text):
+    """The value of --export, if this backend can export to it and the packages of
+    requirements-export.txt are installed; `UsageError` otherwise."""
+    if text != "onnx":
+        raise UsageError(f"the one format is onnx, got {text!r}")
+    if runtime.BACKEND not in ONNX_EXPORTERS:
+        raise UsageError(f"KERAS_BACKEND={runtime.BACKEND} cannot export to ONNX here (Keras "
+                         "does it through jax2onnx, which needs Flax); train with tensorflow or "
+                         "torch, or load the saved .keras model on one of them and export there")
+    needed = (*ONNX_EXPORTERS[runtime.BACKEND], "onnxruntime")  # onnxruntime checks each copy
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"ONNX export needs {', '.join(missing)}, not installed: "
+                         "pip install -r requirements-export.txt")
+    return text
+
+
+def export_onnx(model, path):
+    """Write `model` as ONNX at `path`, atomically, once ONNX Runtime has loaded the copy and
+    given Keras's outputs on a few inputs; `NotExportable` (and no file) otherwise: a model that
+    draws random numbers (the VAE's Sampling layer) or uses an operation the converter lacks."""
+    with writing(path, weights_bytes(model) + 2**20):
+        with atomic_path(path) as tmp:
+            _export_and_check(model, tmp)
+
+
+def _export_and_check(model, path):
+    import keras
+    import onnx
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    inputs = [(rng.random((2, *spec.shape[1:])) if "float" in str(spec.dtype)
+               else np.zeros((2, *spec.shape[1:]))).astype(spec.dtype) for spec in model.inputs]
+    expected = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    expected = [keras.ops.convert_to_numpy(x) for x in keras.tree.flatten(expected)]
+    converter = ONNX_CONVERTERS[runtime.BACKEND]
+    with _failing_as(f"{converter} could not convert it"):
+        with _quiet():
+            model.export(path, format="onnx", verbose=False)
+    unknown = sorted({node.op_type for node in onnx.load(path).graph.node
+                      if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
+    if unknown:
+        raise NotExportable(f"{converter} left operations ONNX does not have "
+                            f"({', '.join(unknown)})")
+    with _failing_as(f"ONNX Runtime cannot run what {converter} wrote"):
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {spec.name: x for spec, x in zip(session.get_inputs(), inputs)})
+    if len(outputs) != len(expected) or not all(
+            np.allclose(got, want, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE)
+            for got, want in zip(outputs, expected)):
+        raise NotExportable("ONNX Runtime's outputs differ from Keras's (a random draw inside "
+                            "the model?)")
+
+
+@contextlib.contextmanager
+def _failing_as(what):
+    """`NotExportable(what (the error))` for whatever the block raises: the converters and ONNX
+    Runtime fail in many ways. A full disk is not one of them: `writing` reports it."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, OSError) and is_out_of_space(err):
+            raise
+        text = str(err).strip().split(" failed:", 1)[-1]  # ONNX Runtime's "Load model from PATH"
+        reason = re.split(r"\. |\n| \[", text.strip())[0][:120]
+        raise NotExportable(f"{what} ({type(err).__name__}: {reason})") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Without what the converters say about their own internals: tf2onnx logs the operations
+    it cannot convert, and PyTorch's exporter prints its whole graph when it fails (from C++,
+    straight to file descriptor 1). The check after the export says what matters, in one line."""
+    logging.disable(logging.CRITICAL)
+    saved = {}
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):
+                    saved[fd] = os.dup(fd)
+                    os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        for fd, original in saved.items():
+            os.dup2(original, fd)
+            os.close(original)
+        logging.disable(logging.NOTSET)
 
 
 # -- A full disk: one line naming the file, never a crash -----------------------------------------

@@ -1,6 +1,7 @@
 """Run-time set-up on every Keras backend: the standard streams, TensorFlow's start-up logs, the
 devices and GPU memory, the distribution, the precision policy, seeds and determinism, and the
-one `device:` line that says what runs. See the book, Backends and Scaling up.
+one `device:` line that says what runs. TensorFlow is imported only on its own backend: JAX and
+PyTorch run without it installed. See the book, Backends and Scaling up.
 """
 
 import contextlib
@@ -60,42 +61,57 @@ def _native_stderr_muted(active):
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
+def _refuse(message):
+    """Exit with status 2 and one line (in a notebook, raise `UsageError`), before Keras fails
+    with a traceback."""
+    if errors.ipython() is not None:
+        raise errors.UsageError(message)
+    print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _refuse_unsupported_backend(backend):
-    """Exit with status 2 and one line for a backend the lessons do not run on (Keras also has
-    numpy and openvino, for inference only), before Keras fails with a traceback."""
+    """Refuse a backend the lessons do not run on (Keras also has numpy and openvino, for
+    inference only)."""
     if backend not in BACKEND_NAMES:
-        message = (f"KERAS_BACKEND={backend} is not supported; the lessons run on "
-                   f"{', '.join(BACKEND_NAMES)} (see the book, Backends)")
-        if errors.ipython() is not None:
-            raise errors.UsageError(message)
-        print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        _refuse(f"KERAS_BACKEND={backend} is not supported; the lessons run on "
+                f"{', '.join(BACKEND_NAMES)} (see the book, Backends)")
+
+
+def _refuse_missing_backend(backend):
+    """Refuse a backend whose package is not installed: TensorFlow, the default, where only
+    JAX or PyTorch is."""
+    requirements = "requirements.txt" if backend == "tensorflow" else "requirements-backends.txt"
+    others = " or ".join(b for b in BACKEND_NAMES if b != backend)
+    _refuse(f"the {backend} backend needs {BACKEND_NAMES[backend]}, which is not installed: "
+            f"pip install -r {requirements}, or set KERAS_BACKEND={others} (see the book, "
+            "Backends)")
 
 
 if "KERAS_BACKEND" in os.environ:
     _refuse_unsupported_backend(os.environ["KERAS_BACKEND"])
 
-with _native_stderr_muted(_MUTE_STARTUP):
-    import tensorflow as tf
+try:
+    with _native_stderr_muted(_MUTE_STARTUP):
+        import keras  # and the backend's own package: TensorFlow, JAX or PyTorch, no other
 
-    import keras
+        BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
+        _refuse_unsupported_backend(BACKEND)  # one set in ~/.keras/keras.json
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
 
-    BACKEND = keras.backend.backend()  # "tensorflow", "jax" or "torch"
-    _refuse_unsupported_backend(BACKEND)  # one set in ~/.keras/keras.json
-    # Listing the GPUs starts CUDA, which prints "failed call to cuInit" on a machine with
-    # CUDA's libraries and no GPU: here, while that is muted, and not later.
-    tf.config.list_physical_devices("GPU")
-    if BACKEND == "jax":
-        # Deterministic GPU kernels; read when JAX first starts its devices, after this.
-        os.environ["XLA_FLAGS"] = " ".join(
-            [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
-    if BACKEND != "tensorflow":
-        # TensorFlow only reads the data: on the CPU, leaving the GPUs to the backend, and with
-        # one thread of each pool, so that it does not compete with the backend's own threads
-        # for the cores (on 2 loaded cores, JAX's steps took 5.5 ms instead of 10).
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
+            # Listing the GPUs starts CUDA, which prints "failed call to cuInit" on a machine
+            # with CUDA's libraries and no GPU: here, while that is muted, and not later.
+            tf.config.list_physical_devices("GPU")
+except ModuleNotFoundError as missing:  # "tensorflow", or a module of it ("tensorflow.python")
+    if (missing.name or "").split(".")[0] not in BACKEND_NAMES:
+        raise
+    _refuse_missing_backend(missing.name.split(".")[0])
+
+if BACKEND == "jax":
+    # Deterministic GPU kernels; read when JAX first starts its devices, after this.
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
 
 
 # Keras's fit warns, on every call, that its `shuffle=True` default is ignored for a tf.data
@@ -146,23 +162,27 @@ def setup(args):
     and print the `device:` line; return the device's description."""
     if BACKEND == "torch":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    for gpu in tf.config.list_physical_devices("GPU") if BACKEND == "tensorflow" else []:
-        with contextlib.suppress(RuntimeError):  # already initialised (a second call)
-            tf.config.experimental.set_memory_growth(gpu, True)
+    if BACKEND == "tensorflow":
+        for gpu in tf.config.list_physical_devices("GPU"):
+            with contextlib.suppress(RuntimeError):  # already initialised (a second call)
+                tf.config.experimental.set_memory_growth(gpu, True)
     # First: a multi-worker strategy must be made before TensorFlow runs any operation. It is
     # made the global default, so every model, optimizer and metric is created under it without
     # a `with strategy.scope():` in every lesson.
     strategy = make_strategy(args.distribute)
     if BACKEND == "jax":
         keras.distribution.set_distribution(strategy)
-    else:
+    elif BACKEND == "tensorflow":
         tf.distribute.experimental_set_strategy(strategy)
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     # Seeds Python's `random`, NumPy and the backend; deterministic kernels make a rerun give
-    # the same numbers. TensorFlow's switch also makes the tf.data pipelines deterministic.
-    keras.utils.set_random_seed(args.seed)
-    tf.config.experimental.enable_op_determinism()
+    # the same numbers. Keras also seeds TensorFlow wherever it is installed, importing it on
+    # any backend (it runs nothing there): its start-up notes are muted as above.
+    with _native_stderr_muted(_MUTE_STARTUP and "tensorflow" not in sys.modules):
+        keras.utils.set_random_seed(args.seed)
+    if BACKEND == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
     if BACKEND == "torch":
         import torch
 
@@ -201,21 +221,34 @@ def make_strategy(distribute):
     return None
 
 
-class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's `fit` can use.
+if BACKEND == "tensorflow":  # the strategies are TensorFlow's: defined on its backend alone
+    class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """MultiWorkerMirroredStrategy with a `reduce` that Keras 3's `fit` can use.
 
-    Keras 3.15 calls `reduce` in two ways the collective strategy refuses
-    (keras-team/keras#20585): on a nest of values (its first batch, to build the metrics), and
-    with axis=0 on per-replica scalars (the step's loss and metrics). This one reduces each value
-    of a nest on its own, and a scalar across the replicas alone.
-    """
+        Keras 3.15 calls `reduce` in two ways the collective strategy refuses
+        (keras-team/keras#20585): on a nest of values (its first batch, to build the metrics),
+        and with axis=0 on per-replica scalars (the step's loss and metrics). This one reduces
+        each value of a nest on its own, and a scalar across the replicas alone.
+        """
 
-    def reduce(self, reduce_op, value, axis):
-        def one(v):
-            rank = (v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v).shape.rank
-            return super(_MultiWorkerStrategy, self).reduce(reduce_op, v,
-                                                            None if rank == 0 else axis)
-        return tf.nest.map_structure(one, value)
+        def reduce(self, reduce_op, value, axis):
+            def one(v):
+                first = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                return super(_MultiWorkerStrategy, self).reduce(
+                    reduce_op, v, None if first.shape.rank == 0 else axis)
+            return tf.nest.map_structure(one, value)
+
+
+def multi_worker():
+    """Whether a multi-worker strategy runs this process (on TensorFlow alone)."""
+    return BACKEND == "tensorflow" and isinstance(tf.distribute.get_strategy(),
+                                                  tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def should_checkpoint():
+    """Whether this process keeps the backups: every process but a multi-worker run's workers
+    other than the chief (the rule of tf.distribute)."""
+    return BACKEND != "tensorflow" or tf.distribute.get_strategy().extended.should_checkpoint
 
 
 def precision_policy(mixed):

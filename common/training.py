@@ -15,13 +15,15 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from common import data
 from common import outputs
 from common import runtime
 from common.errors import Diverged
+
+if runtime.BACKEND == "tensorflow":  # for `predict`; JAX and PyTorch run without TensorFlow
+    import tensorflow as tf
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
@@ -42,9 +44,7 @@ def set_execution(model):
     backend accepts, one step per execution and no XLA (`compile` records "auto" as it resolves
     on this backend: XLA on TensorFlow and JAX)."""
     model._compile_config.config.update(steps_per_execution=1, jit_compile=False)
-    multi_worker = isinstance(tf.distribute.get_strategy(),
-                              tf.distribute.MultiWorkerMirroredStrategy)
-    if not (multi_worker or runtime.BACKEND == "torch"):
+    if not (runtime.multi_worker() or runtime.BACKEND == "torch"):
         model.steps_per_execution = STEPS_PER_EXECUTION
     model.jit_compile = runtime.BACKEND == "jax"
 
@@ -196,7 +196,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 break
             aside = aside.with_name(f"{self.folder.name}.unreadable-{backup.name}-{n}")
         moved = ""
-        if tf.distribute.get_strategy().extended.should_checkpoint:
+        if runtime.should_checkpoint():
             backup.rename(aside)
             moved = f"; kept as {aside}"
         reason = " ".join(str(err).split())[:200] or type(err).__name__
@@ -251,7 +251,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)  # -> _save_model
 
     def _save_model(self):
-        if not tf.distribute.get_strategy().extended.should_checkpoint:
+        if not runtime.should_checkpoint():
             # A multi-worker run's other workers: saving reads some variables collectively, so
             # every worker saves, but only the chief's backup is kept.
             with tempfile.TemporaryDirectory() as scratch:

@@ -154,9 +154,11 @@ def one_device_float32():
     """Each test starts on one device in float32, whatever a lesson run before it set up."""
     yield
     import keras
-    import tensorflow as tf
 
-    tf.distribute.experimental_set_strategy(None)
+    if keras.backend.backend() == "tensorflow":  # JAX and PyTorch run without TensorFlow
+        import tensorflow as tf
+
+        tf.distribute.experimental_set_strategy(None)
     keras.mixed_precision.set_global_policy("float32")
 
 

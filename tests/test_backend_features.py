@@ -1,7 +1,8 @@
 """What each backend supports beyond a plain run, and what it refuses: mixed precision, JAX's
 DataParallel over two host devices, the backend-neutral unit tests on JAX and on PyTorch, and the
-distributions a backend cannot run, refused before anything happens. (tests/test_backends.py runs
-every lesson on each backend; the two modules run side by side under `pytest -n 2`.)
+distributions a backend cannot run, and a backend that is not installed, refused before anything
+happens. (tests/test_backends.py runs every lesson on each backend; the two modules run side by side
+under `pytest -n 2`.)
 """
 
 import re
@@ -47,6 +48,19 @@ def test_what_a_backend_cannot_do_is_refused_before_anything_happens(backend, di
         f"{'TensorFlow or JAX' if distribute == 'mirrored' else 'TensorFlow'}, not on the "
         f"{BACKEND_NAMES[backend]} backend (KERAS_BACKEND); see the book, Backends"]
     assert not out.exists()
+
+
+def test_the_default_backend_without_tensorflow_is_refused_in_one_line(tmp_path):
+    """TensorFlow, the default backend, where it is not installed (tests/backend_runs.py hides
+    it, as for the JAX and PyTorch runs): one line and status 2, as `import common` starts."""
+    done = on_backend("tensorflow", [sys.executable, "tests/backend_runs.py",
+                                     "--without-tensorflow", str(tmp_path / "plan.json")],
+                      timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "backend_runs.py: error: the tensorflow backend needs TensorFlow, which is not installed: "
+        "pip install -r requirements.txt, or set KERAS_BACKEND=jax or torch (see the book, "
+        "Backends)"]
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)

@@ -1,9 +1,10 @@
-"""Every lesson on JAX and on PyTorch: finite results that name the backend, the penalties in the
-log, the same numbers twice from the same seed (once among the other lessons in one process,
-once as `KERAS_BACKEND=jax python <lesson>.py` runs it), and models that load on the other
-backends and compute the same outputs. tests/test_backend_features.py has the rest (mixed
-precision, JAX's DataParallel, the backend-neutral unit tests, what a backend refuses); the
-rest of the suite runs on TensorFlow, the default.
+"""Every lesson on JAX and on PyTorch, in a process where TensorFlow cannot be imported (as on a
+machine without it): finite results that name the backend, the penalties in the log, the same
+numbers twice from the same seed (once among the other lessons in one process, once as
+`KERAS_BACKEND=jax python <lesson>.py` runs it, with TensorFlow installed), and models that load on
+the other backends and compute the same outputs. tests/test_backend_features.py has the rest (mixed
+precision, JAX's DataParallel, the backend-neutral unit tests, what a backend refuses); the rest of
+the suite runs on TensorFlow, the default.
 
 Keras fixes its backend when it is first imported, so each backend runs in processes of its own.
 """
@@ -98,8 +99,9 @@ def lessons_wanted(request):
 @pytest.fixture(scope="module")
 def every_lesson_on(request, small_mnist_npz, tmp_path_factory):
     """every_lesson_on(backend)[name]: every lesson's tiny run on `backend`, all of them in one
-    process (Keras and the backend start once), the three backends' processes side by side;
-    cached for the module."""
+    process (Keras and the backend start once), the three backends' processes side by side, JAX
+    and PyTorch without TensorFlow (the process fails if it was imported); cached for the
+    module."""
     cache, wanted = {}, lessons_wanted(request)
 
     def start(backend):
@@ -108,8 +110,9 @@ def every_lesson_on(request, small_mnist_npz, tmp_path_factory):
                         *TINY_ARGS[name]], str(folder / name)] for name in wanted]
         (folder / "plan.json").write_text(json.dumps(plan))
         inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        without = ["--without-tensorflow"] if backend in OTHER_BACKENDS else []
         child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "backend_runs.py"),
-                                  str(folder / "plan.json")], cwd=ROOT, text=True,
+                                  *without, str(folder / "plan.json")], cwd=ROOT, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  env={**inherited, "KERAS_BACKEND": backend})
         return folder, child

@@ -1,4 +1,5 @@
-"""The denoising lesson: PSNR and SSIM by hand, the baseline, flags, and a tiny run."""
+"""The denoising lesson: PSNR and SSIM by hand and against TensorFlow's, the baseline, flags, and
+a tiny run."""
 
 import math
 
@@ -66,6 +67,26 @@ def test_ssim_of_one_11x11_window_by_hand(dae_lesson):
     by_hand = (2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     as_images = [v.reshape(1, 11, 11, 1).astype(np.float32) for v in (x, y)]
     assert dae_lesson.mean_ssim(*as_images) == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_psnr_and_ssim_are_tensorflows_on_noisy_and_filtered_digits(dae_lesson, small_mnist_npz):
+    """The lesson's NumPy PSNR and SSIM give, image by image, what tf.image.psnr and
+    tf.image.ssim give (float32 round-off apart), on the TensorFlow backend of these tests."""
+    tf = pytest.importorskip("tensorflow")
+    clean = (np.load(small_mnist_npz)["x_test"][..., None] / 255.0).astype(np.float32)
+    for name, factor in (("gaussian", 0.5), ("salt_and_pepper", 0.2), ("masking", 0.5)):
+        noisy = add_noise(clean, name, factor, seed=1)
+        for images in (noisy, dae_lesson.apply_filter(noisy, "median", 3),
+                       dae_lesson.apply_filter(noisy, "gaussian", 1.0)):
+            np.testing.assert_allclose(dae_lesson.ssim(images, clean),
+                                       tf.image.ssim(images, clean, max_val=1.0).numpy(),
+                                       rtol=0, atol=5e-5, err_msg=name)
+            psnr = [dae_lesson.mean_psnr(images[i:i + 1], clean[i:i + 1])
+                    for i in range(len(clean))]
+            np.testing.assert_allclose(psnr, tf.image.psnr(images, clean, max_val=1.0).numpy(),
+                                       rtol=0, atol=1e-4, err_msg=name)
+            assert dae_lesson.mean_ssim(images, clean, chunk=64) == pytest.approx(
+                float(np.mean(tf.image.ssim(images, clean, max_val=1.0))), abs=1e-6)
 
 
 def test_baseline_filters_each_image_alone_and_is_chosen_by_psnr(dae_lesson):

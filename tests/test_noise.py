@@ -1,12 +1,13 @@
-"""The noise models of common/noise.py, and the (noisy, clean) batches: TensorFlow's stateless
-random ops, tested on TensorFlow."""
+"""The noise models of common/noise.py, and the (noisy, clean) batches: NumPy draws, the same on
+every backend."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from common import noise
 from common.data import Dataset
+
+pytestmark = pytest.mark.every_backend
 
 GREY = np.full((64, 28, 28, 1), 0.5, np.float32)  # every pixel 0.5, so any change shows
 
@@ -14,6 +15,7 @@ GREY = np.full((64, 28, 28, 1), 0.5, np.float32)  # every pixel 0.5, so any chan
 def test_gaussian_adds_scaled_normal_noise_and_clips_to_the_unit_interval():
     noisy = noise.gaussian(GREY, 0.5, seed=1)
     assert isinstance(noisy, np.ndarray) and noisy.shape == GREY.shape
+    assert noisy.dtype == np.float32 and np.all(GREY == 0.5)  # a new array; GREY is untouched
     assert noisy.min() == 0.0 and noisy.max() == 1.0  # 0.5 +- 0.5 * N(0, 1) hits both ends
     # Clipping moves exactly the pixels with |eps| > 1: P(|N(0, 1)| > 1) = 0.3173.
     assert np.mean((noisy == 0) | (noisy == 1)) == pytest.approx(0.3173, abs=0.01)
@@ -49,11 +51,12 @@ def test_a_seed_fixes_the_draw_and_another_seed_changes_it(name):
     first = noise.add_noise(images, name, 0.3, seed=7)
     np.testing.assert_array_equal(first, noise.add_noise(images, name, 0.3, seed=7))
     assert not np.array_equal(first, noise.add_noise(images, name, 0.3, seed=8))
-    assert first.min() >= 0.0 and first.max() <= 1.0
-    # Tensors in, tensors out; the same draw as from NumPy; an int seed s is the pair (s, 0).
-    as_tensor = noise.add_noise(tf.constant(images), name, 0.3, seed=tf.constant([7, 0]))
-    assert isinstance(as_tensor, tf.Tensor)
-    np.testing.assert_array_equal(as_tensor.numpy(), first)
+    assert first.dtype == np.float32 and first.min() >= 0.0 and first.max() <= 1.0
+    # A generator in place of the seed: default_rng(7) draws what seed 7 draws, and a second
+    # corruption from the same generator is a new draw.
+    rng = np.random.default_rng(7)
+    np.testing.assert_array_equal(noise.add_noise(images, name, 0.3, rng), first)
+    assert not np.array_equal(noise.add_noise(images, name, 0.3, rng), first)
 
 
 def test_bad_names_and_factors_are_refused():
@@ -87,9 +90,18 @@ def test_pipeline_draws_fresh_noise_every_epoch_and_keeps_the_test_split_fixed(n
     assert not np.array_equal(first_noisy, second_noisy)   # ...afresh in every epoch
     # Within an epoch every batch gets its own draw, not a copy of the first one.
     assert not np.array_equal(first_noisy[:16], first_noisy[16:32])
-    # A new pipeline with the same seed repeats the same sequence of draws.
+    # A new pipeline with the same seed repeats the same sequence of draws; one resumed at the
+    # second epoch (ResumableBackup sets its epoch) draws what the first pipeline drew there,
+    # and each batch is its own draw, whichever batches were read before it.
     rerun = noise.denoising_datasets(data, 16, name, 0.3, seed=5)[0]
     np.testing.assert_array_equal(one_epoch(rerun)[0], first_noisy)
+    resumed = noise.denoising_datasets(data, 16, name, 0.3, seed=5)[0]
+    np.testing.assert_array_equal(one_epoch(resumed, 1)[0], second_noisy)
+    resumed.epoch = 0
+    np.testing.assert_array_equal(resumed[3][0], first_noisy[48:64])
+    # Another seed, other draws.
+    other = noise.denoising_datasets(data, 16, name, 0.3, seed=6)[0]
+    assert not np.array_equal(one_epoch(other)[0], first_noisy)
     # The test split: corrupted once with seed + 1, the same in every pass.
     np.testing.assert_array_equal(noisy_test, noise.add_noise(GREY[:10], name, 0.3, seed=6))
     for epoch in range(2):

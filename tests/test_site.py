@@ -438,10 +438,12 @@ def test_a_failed_make_site_leaves_the_last_site(tmp_path):
     env = {key: value for key, value in os.environ.items()
            if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
-    def make_site():
+    def make_site():  # the installs taken as done; no models, so no explorer data to make
         return subprocess.run(
-            ["make", "-s", "-o", ".venv/.installed-book", "-o", ".venv/.installed", "site",
-             f"BOOK_DIR={book}", f"SITE_DIR={out}", f"PY={sys.executable}"],
+            ["make", "-s", "-o", ".venv/.installed-book", "-o", ".venv/.installed",
+             "-o", ".venv/.installed-export", "-o", "book/node_modules/.package-lock.json",
+             "site", f"BOOK_DIR={book}", f"SITE_DIR={out}", f"PY={sys.executable}",
+             f"EXPLORER_MODELS={book}", f"EXPLORER_DATA={tmp_path / 'explorer'}"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
     failed = make_site()
