@@ -26,6 +26,7 @@ extensions = [
     "sphinx-mathjax-offline",  # sets mathjax_path to its bundled MathJax 3 and copies it
     "results",  # _ext/results.py: the role {result}`File.key:format`, from results/*.json
     "explorer",  # _ext/explorer.py: the directive {latent-explorer}, a decoder run in the page
+    "bench_table",  # _ext/bench_table.py: the directive {bench-table}, from results/bench.json
 ]
 results_dir = str(BOOK.parent / "results")  # every *.json in it, loaded when the build starts
 # What the latent explorers need: the data scripts/build_explorer.py writes (`make site` runs

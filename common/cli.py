@@ -6,6 +6,7 @@ book, The command line and When something goes wrong.
 import argparse
 import ast
 import contextlib
+import importlib.util
 import inspect
 import math
 import os
@@ -16,6 +17,7 @@ import threading
 
 import numpy as np
 
+from common import early
 from common import outputs
 from common import runtime
 from common.data import DATASETS
@@ -39,7 +41,9 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
-        distribute = getattr(parsed, "distribute", None)
+        # Read before Keras loads (common.early), the flags are checked again once it has:
+        # the backend's own limits wait for that parse.
+        distribute = None if early.ACTIVE else getattr(parsed, "distribute", None)
         try:
             if distribute is not None:
                 runtime.check_supported(distribute)
@@ -47,6 +51,10 @@ class Parser(argparse.ArgumentParser):
                 runtime.check_tf_config()
         except UsageError as err:
             self.exit(2, f"{self.prog}: error: {err}\n")
+        if getattr(parsed, "tensorboard", False) and importlib.util.find_spec("tensorflow") is None:
+            # Keras writes TensorBoard's logs with tf.summary, on every backend.
+            self.error("--tensorboard needs TensorFlow (Keras writes the logs with tf.summary), "
+                       "which is not installed: pip install -r requirements.txt")
         if getattr(parsed, "out", ROOT) is None:
             parsed.out = self.default_out(parsed)
         return parsed
@@ -127,6 +135,8 @@ def output_folder(text):
 def export_format(text):
     """An argparse type: "onnx", if this backend can export to ONNX with what is installed."""
     try:
+        if early.ACTIVE and text == "onnx":  # what the backend can export is checked later
+            return text
         return outputs.check_export(text)
     except UsageError as err:
         raise argparse.ArgumentTypeError(str(err)) from None

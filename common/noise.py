@@ -5,7 +5,6 @@ and the batches of (noisy, clean) pairs that `fit` reads. See the book, Denoisin
 
 import numpy as np
 
-from common.data import Batches
 
 NOISE_MODELS = ("gaussian", "masking", "salt_and_pepper")
 # The usual strengths: a standard deviation for gaussian, a fraction of pixels for the others.
@@ -61,6 +60,8 @@ def denoising_datasets(data, batch_size, noise, factor, seed):
     def corrupted(batch, rng):
         (clean,) = batch
         return corrupt(clean, factor, rng), clean
+
+    from common.batches import Batches  # here, not above: reading the noise names needs no Keras
 
     train = Batches(data.x_train, batch_size, seed, corrupted)
     test = Batches((noisy_test, data.x_test), batch_size)

@@ -91,6 +91,15 @@ def _refuse_missing_backend(backend):
 if "KERAS_BACKEND" in os.environ:
     _refuse_unsupported_backend(os.environ["KERAS_BACKEND"])
 
+
+DISTRIBUTIONS = ("none", "mirrored", "multi-worker")  # --distribute; what each backend runs: below
+
+# The command line, read before Keras and its backend load (seconds): `--help` and a mistyped
+# flag answer at once (see common/early.py). Whatever is left, the full parse checks again.
+from common import early  # noqa: E402
+
+early.read_command_line()
+
 try:
     with _native_stderr_muted(_MUTE_STARTUP):
         import keras  # and the backend's own package: TensorFlow, JAX or PyTorch, no other
@@ -118,7 +127,6 @@ if BACKEND == "jax":
 # pipeline; the lessons' pipelines are shuffled with their seed.
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed, but will be ignored")
 
-DISTRIBUTIONS = ("none", "mirrored", "multi-worker")
 # Mirrored on JAX is keras.distribution.DataParallel; Keras on PyTorch has no distribution.
 SUPPORTED_DISTRIBUTIONS = {"tensorflow": DISTRIBUTIONS, "jax": ("none", "mirrored"),
                            "torch": ("none",)}

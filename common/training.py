@@ -18,6 +18,7 @@ import numpy as np
 from keras import ops
 
 from common import data
+from common.batches import Batches
 from common import outputs
 from common import runtime
 from common.errors import Diverged
@@ -106,7 +107,7 @@ def predict(model, inputs, batch_size=1024):
 
 class StopOnDivergence(keras.callbacks.TerminateOnNaN):
     """Raise `Diverged` at the first NaN or infinite loss or metric, or a loss above EXPLOSION
-    times that of the untrained model on a batch of `data` (`data.Batches` of (inputs,
+    times that of the untrained model on a batch of `data` (`batches.Batches` of (inputs,
     targets), or such a tuple of arrays), before a diverged state can be backed up."""
 
     def __init__(self, model, data, rows=256):
@@ -155,7 +156,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     A resumed run ends exactly where the uninterrupted one would: a backup also keeps the
     layers' seed generators (the VAE's draws of z, dropout), which `save_weights` leaves out, and
-    each epoch tells the training `data.Batches` which epoch it is, so that its shuffling and
+    each epoch tells the training `batches.Batches` which epoch it is, so that its shuffling and
     draws (binarization, noise) are those of that epoch, resumed or not."""
 
     def __init__(self, backup_dir, train_data):
@@ -240,7 +241,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         print(f"checkpoint: {text} ({backup})", file=sys.stderr)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if isinstance(self.train_data, data.Batches):
+        if isinstance(self.train_data, Batches):
             self.train_data.epoch = epoch  # its shuffling and draws are those of this epoch
         self._epoch_start = time.perf_counter()
 

@@ -1,0 +1,51 @@
+"""The batches that `fit`, `evaluate` and `predict` read on every backend: a Keras `PyDataset` of
+NumPy arrays whose shuffling and random draws are a function of (seed, epoch, batch), so that a
+resumed run reads what the uninterrupted run read. `data.batches` and
+`data.autoencoder_datasets` make them; it is a module of its own so that `common.data`, whose
+names the command line reads before Keras loads, imports no Keras.
+"""
+
+import keras
+import numpy as np
+
+
+class Batches(keras.utils.PyDataset):
+    """A Keras `PyDataset` of batches of NumPy arrays, for `fit`, `evaluate` and `predict` on
+    every backend. With a `seed`, epoch e's order and its random draws (the `transform`'s `rng`:
+    binarization, noise) are a function of (seed, e, batch) alone: a run resumed after epoch k
+    draws what the uninterrupted run drew in epoch k + 1 (`training.ResumableBackup` sets
+    `epoch`), and a second model trained on the same `Batches` sees the same epochs. `fit` must
+    not reorder the batches (`shuffle=False`): the order is this dataset's own."""
+
+    def __init__(self, arrays, batch_size, seed=None, transform=None):
+        super().__init__()
+        self.arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        self.batch_size, self.seed, self.transform = int(batch_size), seed, transform
+        self.rows, self.epoch = len(self.arrays[0]), 0
+        self._order = (None, None)  # (epoch, its permutation of the rows)
+
+    def __len__(self):
+        return -(-self.rows // self.batch_size)
+
+    def order(self):
+        """This epoch's order of the rows: a permutation drawn from (seed, epoch)."""
+        if self.seed is None:
+            return np.arange(self.rows)
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng(
+                (self.seed, self.epoch)).permutation(self.rows))
+        return self._order[1]
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = tuple(array[rows] for array in self.arrays)
+        if self.transform is not None:
+            rng = (None if self.seed is None
+                   else np.random.default_rng((self.seed, self.epoch, index, 1)))
+            return self.transform(batch, rng)
+        return batch if len(batch) > 1 else batch[0]
+
+    def on_epoch_end(self):
+        self.epoch += 1
