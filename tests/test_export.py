@@ -284,29 +284,15 @@ def browser(explorer_site):
     import functools
     import http.server
     import shutil
-    import tempfile
     import threading
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from test_site import CHROMEDRIVER
-    from test_site import CHROMIUM
-    from test_site import CHROMIUM_FLAGS
-    from test_site import PAGE_TIMEOUT_S
     from test_site import _QuietHandler
+    from test_site import start_chromium
 
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(explorer_site[0])))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
-    driver.set_script_timeout(PAGE_TIMEOUT_S)
+    driver, profile = start_chromium()
     driver.server = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield driver
     driver.quit()

@@ -113,8 +113,8 @@ def server(site):
     httpd.server_close()
 
 
-@pytest.fixture(scope="session")
-def browser():
+def start_chromium():
+    """Headless Chromium in a fresh profile, logging its network and console: (driver, profile)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -127,6 +127,12 @@ def browser():
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
     driver.set_script_timeout(PAGE_TIMEOUT_S)
+    return driver, profile
+
+
+@pytest.fixture(scope="session")
+def browser():
+    driver, profile = start_chromium()
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
