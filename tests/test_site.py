@@ -206,10 +206,10 @@ def pages(site, server, browser):
     found = {}
     # The browser's own requests (about:blank, its background fetches) are no page's: one of
     # them can fail after the first page has opened, its request logged at start-up or not at
-    # all, so the start-up ids are remembered and a failure whose request no page logged is
+    # all, so the start-up log is read first and a failure whose request no page logged is
     # dropped (a page logs every request it sends before the request can fail). Every other
     # failure is reported with the URL it was for, even when an earlier page logged it.
-    startup, _, _ = _network(browser)
+    _network(browser)
     urls = {}
     browser.get_log("browser")
     for page in sorted(site.rglob("*.html")):
@@ -227,8 +227,7 @@ def pages(site, server, browser):
         urls.update(requests)
         info["requests"] = requests
         info["failures"] = {request: (urls[request], error)
-                            for request, error in failures.items()
-                            if request in urls and request not in startup}
+                            for request, error in failures.items() if request in urls}
         info["console_errors"] = [entry["message"] for entry in browser.get_log("browser")
                                   if entry["level"] == "SEVERE"]
         browser.execute_script("localStorage.clear()")  # each page a reader's first visit
