@@ -185,9 +185,9 @@ def setup(args):
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     # Seeds Python's `random`, NumPy and the backend; deterministic kernels make a rerun give
-    # the same numbers. Keras also seeds TensorFlow wherever it is installed, importing it on
-    # any backend (it runs nothing there): its start-up notes are muted as above.
-    with _native_stderr_muted(_MUTE_STARTUP and "tensorflow" not in sys.modules):
+    # the same numbers. Keras would also seed TensorFlow wherever it is installed, importing it
+    # (2 seconds) on JAX and PyTorch, where nothing draws from it: there it is left unloaded.
+    with _tensorflow_left_unloaded(BACKEND != "tensorflow" and "tensorflow" not in sys.modules):
         keras.utils.set_random_seed(args.seed)
     if BACKEND == "tensorflow":
         tf.config.experimental.enable_op_determinism()
@@ -199,6 +199,22 @@ def setup(args):
     print(f"device: {device}, {BACKEND_NAMES[BACKEND]} backend{_describe(strategy)}, {policy}, "
           f"seed {args.seed}", file=sys.stderr)
     return device
+
+
+@contextlib.contextmanager
+def _tensorflow_left_unloaded(active):
+    """For the block, Keras takes TensorFlow to be missing (`keras.utils.set_random_seed` imports
+    it wherever it is installed)."""
+    if not active:
+        yield
+        return
+    from keras.src.utils import module_utils
+
+    saved, module_utils.tensorflow._available = module_utils.tensorflow._available, False
+    try:
+        yield
+    finally:
+        module_utils.tensorflow._available = saved
 
 
 @functools.cache

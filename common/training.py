@@ -8,7 +8,6 @@ import json
 import math
 import pathlib
 import sys
-import tempfile
 import time
 import weakref
 from typing import NamedTuple
@@ -26,7 +25,11 @@ from common.errors import Diverged
 if runtime.BACKEND == "tensorflow":  # for `predict`; JAX and PyTorch run without TensorFlow
     import tensorflow as tf
 
-WEIGHTS_FILE = "model.weights.h5"
+# A backup's weights: the model's variables, then its optimizer's, in their order, as NumPy arrays
+# (arr_0, arr_1, ...). `np.savez` writes the VAE's 10 MB, fsync included, in about half the time
+# `save_weights` takes to walk the model and write HDF5 (18 ms against 28 to 38): a backup follows
+# each of the default run's 0.3-second epochs.
+WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.json"
 KEPT_BACKUPS = 2  # the newest epoch, and the one before it in case the newest cannot be read
 # Batches run per call of the compiled training step. Keras's default, 1, returns to Python after
@@ -154,9 +157,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` with atomic backups (`epoch-NNNNN` folders) that keep the history and
     epoch times; an unreadable backup is set aside and the one before it restored.
 
-    A resumed run ends exactly where the uninterrupted one would: a backup also keeps the
-    layers' seed generators (the VAE's draws of z, dropout), which `save_weights` leaves out, and
-    each epoch tells the training `batches.Batches` which epoch it is, so that its shuffling and
+    A resumed run ends exactly where the uninterrupted one would: a backup keeps every variable,
+    the layers' seed generators among them (the VAE's draws of z, dropout), and each epoch tells the training `batches.Batches` which epoch it is, so that its shuffling and
     draws (binarization, noise) are those of that epoch, resumed or not."""
 
     def __init__(self, backup_dir, train_data):
@@ -207,25 +209,24 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         """Load one backup into the model, or leave the model exactly as it was and raise."""
         state = json.loads((backup / STATE_FILE).read_text())
         epoch, history, seconds = state["epoch"], state["history"], state["epoch_seconds"]
-        generators = seed_generators(self.model)
         if not (isinstance(epoch, int) and epoch >= 1 and len(seconds) == epoch
-                and all(len(values) == epoch for values in history.values())
-                and len(state.get("seed_generators", ())) == len(generators)):
+                and all(len(values) == epoch for values in history.values())):
             raise ValueError(f"inconsistent training state in {STATE_FILE}")
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)  # slots to load into
-        variables = list(self.model.variables)
-        if self.model.optimizer is not None:
-            variables += list(self.model.optimizer.variables)
+        variables = self._state_variables()
+        with np.load(backup / WEIGHTS_FILE) as saved:
+            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        if len(arrays) != len(variables) or any(
+                a.shape != tuple(v.shape) for a, v in zip(arrays, variables)):
+            raise ValueError(f"{WEIGHTS_FILE} does not hold this model's {len(variables)} "
+                             "variables and optimizer state")
         before = [np.array(v) for v in variables]
         try:
-            self.model.load_weights(backup / WEIGHTS_FILE)
+            for variable, value in zip(variables, arrays):
+                variable.assign(value)
         except BaseException:
             for variable, value in zip(variables, before):  # undo a half-finished load
                 variable.assign(value)
             raise
-        for generator, value in zip(generators, state["seed_generators"]):
-            generator.state.assign(np.asarray(value, generator.state.dtype))
         self.model._initial_epoch = epoch
         self.history, self.epoch_seconds = history, seconds
 
@@ -251,25 +252,32 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self.history.setdefault(name, []).append(float(value))
         super().on_epoch_end(epoch, logs)  # -> _save_model
 
+    def _state_variables(self):
+        """What a backup holds of the model: its variables, then its optimizer's (built first,
+        so that a restore has slots to load into)."""
+        variables = list(self.model.variables)
+        if self.model.optimizer is not None:
+            if not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            variables += list(self.model.optimizer.variables)
+        return variables
+
     def _save_model(self):
+        # Read on every worker of a multi-worker run (a variable may be read collectively), but
+        # only the chief's backup is kept.
+        arrays = [np.array(v) for v in self._state_variables()]
         if not runtime.should_checkpoint():
-            # A multi-worker run's other workers: saving reads some variables collectively, so
-            # every worker saves, but only the chief's backup is kept.
-            with tempfile.TemporaryDirectory() as scratch:
-                self.model.save_weights(pathlib.Path(scratch) / WEIGHTS_FILE)
             return
         final = self.folder / f"epoch-{self._current_epoch:05d}"
         text = json.dumps({"epoch": self._current_epoch, "history": self.history,
-                           "epoch_seconds": self.epoch_seconds,
-                           "seed_generators": [np.asarray(g.state).tolist()
-                                               for g in seed_generators(self.model)]})
+                           "epoch_seconds": self.epoch_seconds})
         tmp = outputs.temporary_name(final)
-        # Checked for room first: h5py can crash on a full disk rather than raise.
-        with outputs.writing(final, outputs.weights_bytes(self.model) + len(text)):
+        # Checked for room first: one line before anything is written.
+        with outputs.writing(final, sum(a.nbytes for a in arrays) + len(text)):
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
             try:
-                self.model.save_weights(tmp / WEIGHTS_FILE)
+                np.savez(tmp / WEIGHTS_FILE, *arrays)
                 (tmp / STATE_FILE).write_text(text)
                 outputs.replace_folder(tmp, final)
             finally:
@@ -278,8 +286,3 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for old in self._backups()[KEPT_BACKUPS:]:
             outputs.remove_tree(old)
 
-
-def seed_generators(model):
-    """The `keras.random.SeedGenerator`s of a model's layers, in a fixed order."""
-    return [generator for layer in model._flatten_layers()
-            for generator in getattr(layer, "_seed_generators", [])]

@@ -19,6 +19,8 @@ from test_data import BAD_FILES
 from test_data import good_arrays
 from test_data import write_bad_npz
 
+from common import training
+
 
 def tiny(name, data, out, *extra):
     return ["--data", data, "--out", out, "--limit", "64", *TINY_ARGS[name], *extra]
@@ -146,7 +148,7 @@ def test_a_damaged_checkpoint_then_fewer_epochs(lessons, small_mnist_npz, tmp_pa
     patch.undo()
     folder, = (out / "checkpoints").glob(f"{name}-vae-*")
     assert sorted(p.name for p in folder.iterdir()) == ["epoch-00002", "epoch-00003"]
-    weights = folder / "epoch-00003" / "model.weights.h5"
+    weights = folder / "epoch-00003" / training.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])  # what a kill mid-write used to leave
 
     # Asking for 1 epoch: the damaged epoch 3 is skipped, and epoch 2 is more than was asked.

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from common import outputs
+from common import outputs, training
 from common.errors import Diverged
 from common.training import Fitted
 from common.training import ResumableBackup
@@ -104,7 +104,7 @@ def test_a_damaged_newest_backup_is_reported_and_the_one_before_is_used(tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(folder, 4, [KillAfterEpoch(3)])
     newest = folder / "epoch-00003"
-    weights, state = newest / "model.weights.h5", newest / "state.json"
+    weights, state = newest / training.WEIGHTS_FILE, newest / "state.json"
     if damage == "truncated weights":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "garbage weights":
@@ -136,7 +136,7 @@ def test_when_no_backup_can_be_read_training_starts_fresh(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         train(folder, 3, [KillAfterEpoch(2)])
     for backup in folder.glob("epoch-*"):
-        weights = backup / "model.weights.h5"
+        weights = backup / training.WEIGHTS_FILE
         weights.write_bytes(weights.read_bytes()[:200])  # a readable header, then nothing
 
     counter = EpochCounter()
@@ -160,7 +160,7 @@ def test_a_backup_half_written_by_a_killed_run_is_ignored_and_cleaned_up(tmp_pat
                           capture_output=True, text=True, check=True).stdout.strip()
     partial = folder / f".epoch-00003.tmp-{dead}-abcd1234"
     partial.mkdir()
-    (partial / "model.weights.h5").write_bytes(b"\x89HDF\r\n")
+    (partial / training.WEIGHTS_FILE).write_bytes(b"PK\x03\x04")
 
     counter = EpochCounter()
     train(folder, 3, [counter])
