@@ -117,6 +117,15 @@ except ModuleNotFoundError as missing:  # "tensorflow", or a module of it ("tens
         raise
     _refuse_missing_backend(missing.name.split(".")[0])
 
+if BACKEND != "tensorflow" and "tensorflow" not in sys.modules:
+    # Keras imports TensorFlow wherever it is installed (2 seconds) to seed it and to ask whether
+    # what it saves is one of TensorFlow's types; on JAX and PyTorch nothing is, so Keras is told
+    # it is missing, as it is on a machine without it. (What needs it all the same, --tensorboard's
+    # `tf.summary`, still imports it.)
+    from keras.src.utils import module_utils
+
+    module_utils.tensorflow._available = False
+
 if BACKEND == "jax":
     # Deterministic GPU kernels; read when JAX first starts its devices, after this.
     os.environ["XLA_FLAGS"] = " ".join(
@@ -184,11 +193,9 @@ def setup(args):
         tf.distribute.experimental_set_strategy(strategy)
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    # Seeds Python's `random`, NumPy and the backend; deterministic kernels make a rerun give
-    # the same numbers. Keras would also seed TensorFlow wherever it is installed, importing it
-    # (2 seconds) on JAX and PyTorch, where nothing draws from it: there it is left unloaded.
-    with _tensorflow_left_unloaded(BACKEND != "tensorflow" and "tensorflow" not in sys.modules):
-        keras.utils.set_random_seed(args.seed)
+    # Seeds Python's `random`, NumPy and the backend (and TensorFlow where it is loaded);
+    # deterministic kernels make a rerun give the same numbers.
+    keras.utils.set_random_seed(args.seed)
     if BACKEND == "tensorflow":
         tf.config.experimental.enable_op_determinism()
     if BACKEND == "torch":
@@ -199,22 +206,6 @@ def setup(args):
     print(f"device: {device}, {BACKEND_NAMES[BACKEND]} backend{_describe(strategy)}, {policy}, "
           f"seed {args.seed}", file=sys.stderr)
     return device
-
-
-@contextlib.contextmanager
-def _tensorflow_left_unloaded(active):
-    """For the block, Keras takes TensorFlow to be missing (`keras.utils.set_random_seed` imports
-    it wherever it is installed)."""
-    if not active:
-        yield
-        return
-    from keras.src.utils import module_utils
-
-    saved, module_utils.tensorflow._available = module_utils.tensorflow._available, False
-    try:
-        yield
-    finally:
-        module_utils.tensorflow._available = saved
 
 
 @functools.cache
