@@ -29,7 +29,8 @@ set), with the ratio lesson / plain Keras on the same backend, one row per lesso
 (and a row "plain PyTorch"), and the start-up times. It names the kind of machine (CPU model and
 widest vector extension, "AMD EPYC, AVX-512": kernels and ratios differ between kinds) and
 writes results/bench.json, which keeps one entry per kind, results["machines"][kind]: a run
-replaces its own kind's entry and leaves the others'. In an entry, ["lessons"][lesson][backend]
+replaces its own kind's entry and leaves the others'. An entry names the commit it measured
+(["code"]: an older row predates the changes after it). In it, ["lessons"][lesson][backend]
 holds the lesson, plain_keras and their ratio, and ["lessons"]["vae"]["plain_pytorch"] the
 PyTorch runs. Seconds per epoch are the median of
 every epoch of every round but the first of each run, which traces the training step (for a
@@ -134,7 +135,8 @@ def main(argv=None):
     # The load average, before and after: other work on the machine slows some runs and not
     # others (PyTorch's threads most of all), which no median undoes.
     load = {"start": os.getloadavg()}
-    results = {"machine": machine(), "dataset": dataset, "data": args.data, "limit": args.limit,
+    results = {"machine": machine(), "code": code_version(), "dataset": dataset,
+               "data": args.data, "limit": args.limit,
                "epochs": args.epochs, "rounds": args.rounds, "backends": args.backends,
                "lessons": {name: bench_lesson(name, dataset, args) for name in args.lessons}}
     results["load_average"] = {**load, "end": os.getloadavg()}
@@ -242,6 +244,19 @@ def machine():
     info.update({package: version(package)
                  for package in ("tensorflow", "keras", "numpy", "jax", "torch")})
     return info
+
+
+def code_version():
+    """The commit the lessons were measured at ("b13748b"; "b13748b+" with uncommitted changes),
+    or None outside a git checkout: a row measured before a change is read as such."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=ROOT, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+" if changed.strip() else "")
 
 
 def kind_key(info):
@@ -507,10 +522,8 @@ def print_targets(results):
               f"{'met' if target['met'] else 'missed'}")
     missed = [key for key, target in found.items() if not target["met"]]
     if missed:
-        message = (f"bench: {len(missed)} of {len(found)} targets missed: "
-                   f"{', '.join(missed)} (a measurement, not a failure: exit status 0)")
-        print(message)
-        print(message, file=sys.stderr)
+        print(f"bench: {len(missed)} of {len(found)} targets missed: {', '.join(missed)} (a "
+              "measurement, not a failure: exit status 0)")
 
 
 def describe(path):

@@ -47,11 +47,17 @@ def target_rows(found):
         targets = results["targets"]
         spreads = [t for key, t in targets.items() if key.endswith("_spread")]
         rows.append([
-            f"{results['machine']['kind']} ({results['machine']['cores']} cores)",
+            _machine(results),
             f"{tensorflow['seconds_per_epoch']:.2f}" if tensorflow else "-",
             *(_target(targets.get(key)) for key, _ in TARGET_COLUMNS),
             _target(max(spreads, key=lambda t: t["value"])) if spreads else "-"])
     return head, rows
+
+
+def _machine(results):
+    """The kind of machine, its cores, and the commit its row measured, where recorded."""
+    code = f", code at {results['code']}" if results.get("code") else ""
+    return f"{results['machine']['kind']} ({results['machine']['cores']} cores{code})"
 
 
 def _target(target):
