@@ -59,12 +59,12 @@ if keras.backend.backend() == "tensorflow":
 
     def _tf_dataset(adapter):
         """What `fit` reads of a `Batches` on TensorFlow: Keras's generator dataset without its
-        `prefetch(AUTOTUNE)`. tf.data's autotuning thread made every epoch wait for it, 1 to 2
-        seconds (a third of a full-MNIST epoch), as the last epoch's iterator was freed; and a
-        prefetch started when Keras makes the next epoch's iterator, at the end of an epoch,
-        could read batches before `epoch` says which epoch they belong to. Batches are made when
-        the training step asks for them, which cost nothing measurable on 2 CPU cores: the step
-        keeps both busy."""
+        `prefetch(AUTOTUNE)`. tf.data's autotuning thread made most epochs wait for it, 1 to 2
+        seconds (up to a third of an epoch of 60,000 images), as the last epoch's iterator was
+        freed; and a prefetch started when Keras makes the next epoch's iterator, at the end of
+        an epoch, could read batches before `epoch` says which epoch they belong to. Batches are
+        made when the training step asks for them, which cost nothing measurable on 2 CPU
+        cores: the step keeps both busy."""
         dataset = _keras_tf_dataset(adapter)
         if not isinstance(adapter.py_dataset, Batches) or adapter.enqueuer is not None:
             return dataset

@@ -14,8 +14,9 @@ from common.losses import bernoulli_nll
 LOG_2PI = math.log(2.0 * math.pi)
 POINTS_PER_CALL = 10_000  # latent points decoded at once: (10,000, 784) logits, 31 MB
 
-# log p(x | z) of 10,000 points is 8 million Bernoulli terms: on JAX one compiled call (eager,
-# its operations took the VAE's evaluation of two models from 2.3 s to 4.2), as is on the others.
+# log p(x | z) of 10,000 points is 8 million Bernoulli terms: on JAX one compiled call (run
+# eagerly, its operations made the VAE's evaluation of its two models take 4.2 s instead of 2.3, in
+# a profile); as it is on the other backends.
 _bernoulli_nll = bernoulli_nll
 if keras.backend.backend() == "jax":
     import jax

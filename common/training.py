@@ -158,8 +158,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     epoch times; an unreadable backup is set aside and the one before it restored.
 
     A resumed run ends exactly where the uninterrupted one would: a backup keeps every variable,
-    the layers' seed generators among them (the VAE's draws of z, dropout), and each epoch tells the training `batches.Batches` which epoch it is, so that its shuffling and
-    draws (binarization, noise) are those of that epoch, resumed or not."""
+    the layers' seed generators among them (the VAE's draws of z, dropout), and each epoch tells
+    the training `batches.Batches` which epoch it is, so that its shuffling and draws
+    (binarization, noise) are those of that epoch, resumed or not."""
 
     def __init__(self, backup_dir, train_data):
         # The backups are kept when training ends, until `Run.finish` has written the outputs.

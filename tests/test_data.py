@@ -296,3 +296,28 @@ def test_a_file_is_what_dataset_says_and_unnamed_without_it(small_mnist_npz):
     named = load_dataset("fashion_mnist", path=small_mnist_npz)
     assert named.title == "Fashion-MNIST" and named.class_names[0] == "T-shirt"
     assert load_dataset().title == "MNIST"  # neither: MNIST, from the offline sample here
+
+
+def test_tensorflow_reads_the_batches_only_as_the_step_asks(monkeypatch):
+    """On TensorFlow, `fit` reads a `Batches` through a generator with no prefetch and no
+    autotuning (common/batches.py): tf.data's autotuning thread made epochs wait while the last
+    one's iterator was freed, and a prefetch could read an epoch's first batches before the
+    batches knew which epoch it was."""
+    import keras
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's input pipeline")
+    from common.batches import Batches
+
+    batches = datamod.batches((np.zeros((10, 3), np.float32), np.arange(10)), 4, seed=3)
+    read, original = [], Batches.__getitem__
+    monkeypatch.setattr(Batches, "__getitem__",
+                        lambda self, index: read.append(index) or original(self, index))
+    dataset = get_data_adapter(batches).get_tf_dataset()
+    assert dataset.options().autotune.enabled is False
+    probed = len(read)  # Keras reads a few batches for their shapes
+    iterator = iter(dataset)
+    assert len(read) == probed  # nothing read ahead when an epoch's iterator is made
+    next(iterator)
+    assert read[probed:] == [0]
