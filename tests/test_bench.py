@@ -5,6 +5,7 @@ out: its lesson runs are the slowest to start, and its path through the bench is
 PyTorch's.)"""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ def test_bench_times_a_lesson_against_plain_keras(small_mnist_npz, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = _this_machine(tmp_path)
     assert results["machine"]["cores"] >= 1 and results["machine"]["tensorflow"]
+    assert results["code"] is None or re.fullmatch(r"[0-9a-f]{7,}\+?", results["code"])
     assert results["machine"]["jax"] and results["machine"]["torch"]
     assert list(results["lessons"]["sparse"]) == ["tensorflow"]
     assert set(results["targets"]) == {"help_tensorflow"}  # the speed targets are the VAE's
@@ -142,3 +144,10 @@ def test_bench_refuses_too_few_epochs():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--epochs",
                            "1"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--epochs must be at least 2" in done.stderr
+
+
+def test_the_default_run_counts_the_training_of_every_model():
+    """The VAE's default run trains two models; its training is both models' seconds."""
+    results = {"train_seconds": 2.0, "epoch_seconds": [1.0, 1.0], "test_kl_nats": 5.0,
+               "averaged_losses": {"train_seconds": 3.0, "active_units": 0}}
+    assert sum(bench.train_seconds(results)) == 5.0
