@@ -336,7 +336,8 @@ def autoencoder_datasets(data, batch_size, binarization, seed, with_labels=False
     def to_pairs(batch, rng=None):
         images, labels = batch
         if rng is not None and binarization == "dynamic":
-            images = (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+            draws = rng.random(images.shape, dtype=np.float32)
+            images = np.less(draws, images, out=draws, casting="unsafe")  # 1.0 where u < grey
         inputs = (images, np.eye(NUM_CLASSES, dtype=np.float32)[labels]) if with_labels else images
         return inputs, images
 
