@@ -112,6 +112,10 @@ try:
             # Listing the GPUs starts CUDA, which prints "failed call to cuInit" on a machine
             # with CUDA's libraries and no GPU: here, while that is muted, and not later.
             tf.config.list_physical_devices("GPU")
+            # The first graph with an int64 transpose (Keras's `take_along_axis` makes one) logs
+            # "oneDNN supports DT_INT64 only on platforms with AVX-512" as an error, once per
+            # process, and on CPUs that have AVX-512 too: here, muted, and not in a lesson.
+            tf.function(tf.transpose)(tf.zeros((2, 3), tf.int64))
 except ModuleNotFoundError as missing:  # "tensorflow", or a module of it ("tensorflow.python")
     if (missing.name or "").split(".")[0] not in BACKEND_NAMES:
         raise

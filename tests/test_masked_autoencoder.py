@@ -6,6 +6,8 @@ on the other backends by test_backends.py)."""
 
 import ast
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -277,3 +279,24 @@ def test_the_saved_models_reload_in_a_fresh_process_as_the_docstring_shows(lesso
     np.testing.assert_allclose(np.load(tmp_path / "features.npy"),
                                extractor.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
     assert np.load(tmp_path / "features.npy").shape == (5, lesson.ENCODER_DIM)
+
+
+def test_the_mask_gathers_log_no_tensorflow_error_line():
+    """Keras's `take_along_axis`, which the mask and the mask tokens use, transposes int64
+    indices, and TensorFlow's first such graph logs "oneDNN supports DT_INT64 only on platforms
+    with AVX-512" as an error, on CPUs that have AVX-512 as well. The run-time set-up has it
+    logged while TensorFlow's start-up is muted, so a lesson prints no such line."""
+    code = textwrap.dedent("""
+        import common
+        import tensorflow as tf
+        from keras import ops
+
+        gather = tf.function(lambda x, i: ops.take_along_axis(x, i, axis=1))
+        print(gather(tf.zeros((2, 49, 16)), tf.zeros((2, 12, 1), tf.int32)).shape)
+    """)
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+           "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "(2, 12, 16)", done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
