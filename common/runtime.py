@@ -112,10 +112,6 @@ try:
             # Listing the GPUs starts CUDA, which prints "failed call to cuInit" on a machine
             # with CUDA's libraries and no GPU: here, while that is muted, and not later.
             tf.config.list_physical_devices("GPU")
-            # The first graph with an int64 transpose (Keras's `take_along_axis` makes one) logs
-            # "oneDNN supports DT_INT64 only on platforms with AVX-512" as an error, once per
-            # process, and on CPUs that have AVX-512 too: here, muted, and not in a lesson.
-            tf.function(tf.transpose)(tf.zeros((2, 3), tf.int64))
 except ModuleNotFoundError as missing:  # "tensorflow", or a module of it ("tensorflow.python")
     if (missing.name or "").split(".")[0] not in BACKEND_NAMES:
         raise
@@ -195,6 +191,12 @@ def setup(args):
         keras.distribution.set_distribution(strategy)
     elif BACKEND == "tensorflow":
         tf.distribute.experimental_set_strategy(strategy)
+        # The first graph with an int64 transpose (Keras's `take_along_axis` makes one) logs
+        # "oneDNN supports DT_INT64 only on platforms with AVX-512" as an error, once per
+        # process, and on CPUs that have AVX-512 too: here, muted, and not in a lesson. (Not at
+        # import: no operation may run before the devices and the strategy are set.)
+        with _native_stderr_muted(_MUTE_STARTUP):
+            tf.function(tf.transpose)(tf.zeros((2, 3), tf.int64))
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     # Seeds Python's `random`, NumPy and the backend (and TensorFlow where it is loaded);
