@@ -117,6 +117,15 @@ except ModuleNotFoundError as missing:  # "tensorflow", or a module of it ("tens
         raise
     _refuse_missing_backend(missing.name.split(".")[0])
 
+if BACKEND == "tensorflow":
+    # Keras makes every model's train, test and predict functions from one Python function,
+    # `multi_step_on_iterator`, and TensorFlow counts the traces of all of them together: a short
+    # run that traces a few models' functions once each is warned of "retracing" that did not
+    # happen. That warning alone is dropped; any other function's still shows.
+    tf.get_logger().addFilter(lambda record: not (
+        "multi_step_on_iterator at" in record.getMessage()
+        and "triggered tf.function retracing" in record.getMessage()))
+
 if BACKEND != "tensorflow" and "tensorflow" not in sys.modules:
     # Keras imports TensorFlow wherever it is installed (2 seconds) to seed it and to ask whether
     # what it saves is one of TensorFlow's types; on JAX and PyTorch nothing is, so Keras is told

@@ -268,3 +268,32 @@ def test_the_reported_final_loss_is_the_last_epochs():
     assert results["train_seconds"] == 7.0 and results["seconds_per_epoch"] == 2.0
     assert results["resumed_after_epoch"] == 1
     assert Fitted({"loss": [1.0]}, [1.0]).results()["resumed_after_epoch"] is None
+
+
+def test_a_short_run_of_several_models_is_not_warned_of_retracing():
+    """Keras makes each model's train and test functions from one Python function, and
+    TensorFlow counts their first traces together: a few short fits were warned of "retracing"
+    that did not happen (common/runtime.py drops that warning, and only that one)."""
+    import logging
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's tf.function")
+    import tensorflow as tf
+
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        images = np.zeros((8, 4), np.float32)
+        for _ in range(4):
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
+            model.compile("sgd", "mse", steps_per_execution=32)
+            model.fit(images, images, validation_data=(images, images), verbose=0)
+        tf.get_logger().warning("3 out of the last 3 calls to <function other_function at 0x1> "
+                                "triggered tf.function retracing.")
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert [message for message in warned if "retracing" in message] == [
+        "3 out of the last 3 calls to <function other_function at 0x1> triggered tf.function "
+        "retracing."]
