@@ -65,8 +65,9 @@ if keras.backend.backend() == "tensorflow":
     # each heap (glibc's M_TOP_PAD) removes them. Where the C library has no mallopt (macOS,
     # musl), nothing is set.
     M_TOP_PAD, TOP_PAD_BYTES = -2, 64 << 20
-    if sys.platform == "linux" and hasattr(ctypes.CDLL(None), "mallopt"):
-        ctypes.CDLL(None).mallopt(M_TOP_PAD, TOP_PAD_BYTES)
+    _libc = ctypes.CDLL(None) if sys.platform == "linux" else None
+    if hasattr(_libc, "mallopt"):
+        _libc.mallopt(M_TOP_PAD, TOP_PAD_BYTES)
 
     _keras_tf_dataset = PyDatasetAdapter.get_tf_dataset
 
@@ -76,8 +77,8 @@ if keras.backend.backend() == "tensorflow":
         seconds (up to a third of an epoch of 60,000 images), as the last epoch's iterator was
         freed; and a prefetch started when Keras makes the next epoch's iterator, at the end of
         an epoch, could read batches before `epoch` says which epoch they belong to. Batches are
-        made when the training step asks for them, which cost nothing measurable on 2 CPU
-        cores: the step keeps both busy."""
+        made when the training step asks for them: prefetching them gained nothing on 2 CPU
+        cores, where the step keeps both busy."""
         dataset = _keras_tf_dataset(adapter)
         if not isinstance(adapter.py_dataset, Batches) or adapter.enqueuer is not None:
             return dataset

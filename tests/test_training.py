@@ -97,7 +97,7 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(tmp_path, capsy
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "garbage weights", "empty state",
-                                    "broken state", "missing weights"])
+                                    "broken state", "missing weights", "one array short"])
 def test_a_damaged_newest_backup_is_reported_and_the_one_before_is_used(tmp_path, capsys,
                                                                         damage):
     folder = tmp_path / "ckpt"
@@ -111,6 +111,10 @@ def test_a_damaged_newest_backup_is_reported_and_the_one_before_is_used(tmp_path
         weights.write_bytes(os.urandom(weights.stat().st_size))
     elif damage == "empty state":
         state.write_text("")
+    elif damage == "one array short":  # readable, but not all of this model's variables
+        with np.load(weights) as saved:
+            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+        np.savez(weights, *arrays)
     elif damage == "broken state":
         state.write_text(json.dumps({"epoch": 3, "history": {"loss": [1.0]},
                                      "epoch_seconds": [0.1, 0.1, 0.1]}))
