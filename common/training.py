@@ -63,16 +63,19 @@ def fuse_adam(optimizer):
     """On TensorFlow, update each weight of an `Adam` (or `AdamW`) with TensorFlow's fused kernel,
     `ResourceApplyAdam`: the same formula as Keras's `Adam.update_step` in one pass over the
     weight, where Keras's runs it as eleven operations, each a pass of its own over weight-sized
-    arrays. On the VAE lesson's 2 x 400,000 weights that was a tenth of its epoch on a 2-core
-    Intel Xeon. The weights differ from Keras's update by float32 round-off; AMSGrad, sparse
-    gradients and other optimizers keep Keras's update. Nothing is saved of it: the saved
-    optimizer is Keras's `Adam`, on every backend."""
+    arrays. On the VAE lesson's two weights of 400,000 that was about a fifteenth of its epoch on
+    a 2-core Intel Xeon (a tenth of an epoch on data already in memory). The weights differ from
+    Keras's update by float32 round-off; AMSGrad, sparse gradients and other optimizers keep
+    Keras's update. Nothing is saved of it: the saved optimizer is Keras's `Adam`, on every
+    backend."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed precision
     if isinstance(optimizer, keras.optimizers.Adam) and not optimizer.amsgrad:
         optimizer.update_step = types.MethodType(_fused_adam_step, optimizer)
 
 
 def _fused_adam_step(optimizer, gradient, variable, learning_rate):
+    """`Adam.update_step` as one `ResourceApplyAdam`: m += (g - m)(1 - beta_1),
+    v += (g^2 - v)(1 - beta_2), w -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + eps)."""
     if isinstance(gradient, tf.IndexedSlices) or variable.dtype not in FUSED_ADAM_DTYPES:
         return keras.optimizers.Adam.update_step(optimizer, gradient, variable, learning_rate)
     index = optimizer._get_variable_index(variable)
